@@ -1,0 +1,65 @@
+// PrefillCoordinator: runs one request's prefill across its workers with KV-Runahead.
+//
+// It owns one DeviceWorker thread per runner (a device), hands each chain position its chunk,
+// its cache and its transport endpoint, and collects the last token's logits together with the
+// cache of the worker that ends the chain. It knows the chain protocol and nothing about CUDA:
+// the runners and the fabric it is given decide where the work runs.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/prefill/prefill_plan.h"
+#include "engine/prefill/transport.h"
+#include "engine/runtime/device_worker.h"
+#include "engine/runtime/model_runner.h"
+
+namespace kvr {
+
+// What one chain position did during a prefill.
+struct WorkerTiming {
+  int worker = 0;          // device index
+  int begin = 0, end = 0;  // its chunk [begin, end)
+  double busy_seconds = 0;   // wall time of its prefill minus wait_seconds
+  double wait_seconds = 0;   // time blocked on incoming K/V (host-side view)
+  size_t kv_bytes_sent = 0;
+  size_t kv_bytes_received = 0;
+};
+
+struct PrefillResult {
+  PrefillPlan plan;
+  std::vector<float> logits;         // (V): logits of the prompt's last token
+  int owner = 0;                     // worker that holds the whole cache [0, C)
+  std::unique_ptr<KvCache> cache;    // on `owner`'s device, capacity >= requested
+  std::vector<WorkerTiming> workers; // one per chain position
+  double seconds = 0;                // wall time of the whole prefill
+};
+
+class PrefillCoordinator {
+ public:
+  // `runners[i]` runs on worker i; all must share one ModelConfig. The fabric moves K/V
+  // between them (in-process for CPU runners, NCCL for CUDA runners).
+  PrefillCoordinator(std::vector<ModelRunner*> runners, std::unique_ptr<ChainFabric> fabric);
+  ~PrefillCoordinator();
+
+  int num_workers() const { return static_cast<int>(runners_.size()); }
+  ModelRunner& runner(int worker) { return *runners_[worker]; }
+
+  // Prefills `tokens` (C = tokens.size()) by `plan`; the owner's cache gets room for
+  // `cache_capacity` >= C tokens so that decode can continue in it.
+  absl::StatusOr<PrefillResult> Run(absl::Span<const int32_t> tokens, const PrefillPlan& plan,
+                                    int cache_capacity);
+
+  // Runs `fn` on worker `worker`'s thread and waits for it (decode steps run where the cache is).
+  absl::Status RunOn(int worker, std::function<absl::Status()> fn);
+
+ private:
+  std::vector<ModelRunner*> runners_;
+  std::unique_ptr<ChainFabric> fabric_;
+  std::vector<std::unique_ptr<DeviceWorker>> threads_;
+};
+
+}  // namespace kvr

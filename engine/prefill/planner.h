@@ -1,0 +1,51 @@
+// Planners: pure functions from (context length, worker count) to a PrefillPlan. No device
+// access; a planner that needs measurements receives them as data (see cost_model.h).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/prefill/prefill_plan.h"
+
+namespace kvr {
+
+class Planner {
+ public:
+  virtual ~Planner() = default;
+  // `last_worker` picks which worker ends the chain (holds the cache and decodes); the others
+  // keep their relative order. Rotating it spreads decode work over devices.
+  virtual absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers,
+                                           int last_worker) const = 0;
+  virtual std::string name() const = 0;
+};
+
+// Chain positions 0..p-1 in worker order, rotated so that `last_worker` comes last.
+std::vector<int> RotatedOrder(int num_workers, int last_worker);
+
+// KVR-E: chunks of equal size (the first ones one token larger when C % p != 0). Fewer
+// chunks than workers when C < p.
+class EvenPlanner : public Planner {
+ public:
+  explicit EvenPlanner(Topology topology = Topology::kChain) : topology_(topology) {}
+  absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers, int last_worker) const override;
+  std::string name() const override { return "even"; }
+
+ private:
+  Topology topology_;
+};
+
+// A split given as explicit chunk sizes (tests, the CLI's --split, searched tables).
+class FixedPlanner : public Planner {
+ public:
+  FixedPlanner(std::vector<int> sizes, Topology topology = Topology::kChain)
+      : sizes_(std::move(sizes)), topology_(topology) {}
+  absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers, int last_worker) const override;
+  std::string name() const override { return "fixed"; }
+
+ private:
+  std::vector<int> sizes_;
+  Topology topology_;
+};
+
+}  // namespace kvr
