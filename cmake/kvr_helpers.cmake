@@ -6,10 +6,15 @@ function(kvr_library name)
   target_link_libraries(${name} PUBLIC ${ARG_DEPS})
 endfunction()
 
-# kvr_test(NAME SOURCES ... DEPS ... LABEL cpu|gpu [WORKDIR dir] [TIMEOUT s])
+# kvr_test([NAME] name SOURCES ... DEPS ... LABEL cpu|gpu [TIMEOUT s])
 # GPU tests exit with 77 when no GPU is present: CTest then reports them as skipped,
 # never as passed.
-function(kvr_test name)
+function(kvr_test first)
+  if(first STREQUAL "NAME")
+    list(POP_FRONT ARGN name)
+  else()
+    set(name ${first})
+  endif()
   cmake_parse_arguments(ARG "" "LABEL;TIMEOUT" "SOURCES;DEPS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${KVR_WARNINGS}>)

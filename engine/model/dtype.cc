@@ -24,7 +24,7 @@ absl::StatusOr<DType> ParseSafetensorsDType(std::string_view s) {
   if (s == "F16") return DType::kF16;
   if (s == "BF16") return DType::kBF16;
   return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype \"", s, "\" (supported: F32, F16, BF16)"));
+      absl::StrCat("unsupported dtype \"", std::string(s), "\" (supported: F32, F16, BF16)"));
 }
 
 float Bf16ToFloat(uint16_t v) {

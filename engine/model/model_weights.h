@@ -10,6 +10,8 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -54,6 +56,10 @@ struct ModelWeights {
   WeightRef final_norm_w;  // (C)
   WeightRef final_norm_b;  // (C), LayerNorm only
   WeightRef lm_head;       // (V, C); the embedding when tied
+  // Row slices of checkpoint tensors that some parts point into, e.g. Falcon's per-head
+  // interleaved QKV ([q0 k0 v0 q1 k1 v1 ...] when multi_query is false) regrouped as [q; k; v].
+  // Shared so copies of ModelWeights stay valid; the data still lives in the mapped files.
+  std::shared_ptr<std::deque<TensorView>> slices;
 };
 
 // Maps the folder's tensor names for its architecture onto ModelWeights and checks shapes.

@@ -42,7 +42,9 @@ class PrefillCoordinator {
  public:
   // `runners[i]` runs on worker i; all must share one ModelConfig. The fabric moves K/V
   // between them (in-process for CPU runners, NCCL for CUDA runners).
-  PrefillCoordinator(std::vector<ModelRunner*> runners, std::unique_ptr<ChainFabric> fabric);
+  // `on_thread_start(i)` runs first on worker i's thread (the CUDA backend selects its device).
+  PrefillCoordinator(std::vector<ModelRunner*> runners, std::unique_ptr<ChainFabric> fabric,
+                     std::function<void(int)> on_thread_start = nullptr);
   ~PrefillCoordinator();
 
   int num_workers() const { return static_cast<int>(runners_.size()); }
@@ -57,6 +59,10 @@ class PrefillCoordinator {
   absl::Status RunOn(int worker, std::function<absl::Status()> fn);
 
  private:
+  // Runs fn(k) for chain positions k < count, each on worker order[k]'s thread; waits for all.
+  absl::Status RunOnPositions(int count, const std::function<absl::Status(int)>& fn,
+                              const std::vector<int>& order);
+
   std::vector<ModelRunner*> runners_;
   std::unique_ptr<ChainFabric> fabric_;
   std::vector<std::unique_ptr<DeviceWorker>> threads_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -22,6 +23,10 @@ class Planner {
 
 // Chain positions 0..p-1 in worker order, rotated so that `last_worker` comes last.
 std::vector<int> RotatedOrder(int num_workers, int last_worker);
+
+// A validated plan from chunk sizes (in chain order) that add up to `context_len`.
+absl::StatusOr<PrefillPlan> PlanFromSizes(const std::vector<int>& sizes, int context_len, int num_workers,
+                                          int last_worker, Topology topology, const std::string& name);
 
 // KVR-E: chunks of equal size (the first ones one token larger when C % p != 0). Fewer
 // chunks than workers when C < p.

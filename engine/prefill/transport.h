@@ -53,6 +53,8 @@ class ChainFabric {
                                std::vector<ModelRunner*> runners) = 0;
   // Called by the worker at chain position `position` on its own thread.
   virtual absl::StatusOr<std::unique_ptr<ChainEndpoint>> Connect(int position) = 0;
+  // A worker failed: wake every waiter of this prefill with `why` so that no thread hangs.
+  virtual void Abort(const absl::Status& why) = 0;
 };
 
 }  // namespace kvr

@@ -1,0 +1,172 @@
+#include "engine/core/engine.h"
+
+#include <filesystem>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/cpu/cpu_runner.h"
+#include "engine/prefill/cost_model.h"
+#include "engine/prefill/inproc_transport.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/util/clock.h"
+#include "engine/util/log.h"
+#include "engine/util/status_macros.h"
+#ifdef KVR_WITH_CUDA_BACKEND
+#include "engine/cuda/cuda_runner.h"
+#include "engine/cuda/nccl/nccl_fabric.h"
+#endif
+
+namespace kvr {
+namespace {
+
+int GpuCount() {
+#ifdef KVR_WITH_CUDA_BACKEND
+  return CudaDeviceCount();
+#else
+  return 0;
+#endif
+}
+
+// Rates used by the cost-model planner until a calibration is loaded: a CPU worker's rough
+// speed. The CUDA backend supplies measured ones (kvr-bench --calibrate).
+DeviceCosts DefaultCosts(const std::string& backend) {
+  DeviceCosts c;
+  if (backend == "cpu") {
+    c.gemm_flops_per_s = 5e9;
+    c.attn_flops_per_s = 2e9;
+    c.link_bytes_per_s = 5e9;
+    c.link_latency_s = 2e-5;
+  } else {
+    c.gemm_flops_per_s = 600e12;
+    c.attn_flops_per_s = 400e12;
+    c.link_bytes_per_s = 300e9;
+    c.link_latency_s = 1.5e-5;
+    c.layer_overhead_s = 5e-5;
+  }
+  return c;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
+                                                     const ModelConfig& config, int element_bytes) {
+  if (partition == "even") return std::unique_ptr<Planner>(new EvenPlanner(topology));
+  if (partition == "cost" || partition == "cost-cpu") {
+    return std::unique_ptr<Planner>(new CostModelPlanner(
+        LayerShape::Of(config, element_bytes), DefaultCosts(partition == "cost-cpu" ? "cpu" : "cuda"), topology));
+  }
+  if (absl::StartsWith(partition, "fixed:")) {
+    std::vector<int> sizes;
+    for (absl::string_view part : absl::StrSplit(partition.substr(6), ',')) {
+      int n;
+      if (!absl::SimpleAtoi(part, &n) || n <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat("partition \"", partition,
+                                                       "\": chunk sizes must be positive integers"));
+      }
+      sizes.push_back(n);
+    }
+    return std::unique_ptr<Planner>(new FixedPlanner(sizes, topology));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown partition \"", partition, "\" (allowed: even, cost, cost-cpu, fixed:n1,n2,...)"));
+}
+
+Engine::~Engine() {
+  coordinator_.reset();  // joins the worker threads before the runners go
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
+  auto engine = std::unique_ptr<Engine>(new Engine());
+  engine->options_ = options;
+  const auto t0 = SteadyClock::now();
+
+  // Backend: CUDA when asked for or when auto finds a GPU.
+  const int gpus = GpuCount();
+  if (options.backend == "cuda" && gpus == 0) {
+    return absl::FailedPreconditionError(
+        "backend \"cuda\" was asked for, but no CUDA device is usable here (use --backend=cpu or auto)");
+  }
+  if (options.backend != "auto" && options.backend != "cpu" && options.backend != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown backend \"", options.backend, "\" (allowed: auto, cpu, cuda)"));
+  }
+  engine->backend_ = (options.backend == "cpu" || gpus == 0) ? "cpu" : "cuda";
+  int workers = options.workers;
+  if (workers <= 0) workers = engine->backend_ == "cuda" ? gpus : 2;
+  if (engine->backend_ == "cuda" && workers > gpus) {
+    return absl::InvalidArgumentError(absl::StrCat(workers, " workers asked for, but only ", gpus, " GPUs are usable"));
+  }
+  KVR_LOG(INFO) << "loading model from " << options.model_dir << " for the " << engine->backend_
+                << " backend with " << workers << " prefill worker" << (workers == 1 ? "" : "s")
+                << (engine->backend_ == "cpu" && gpus == 0 ? " (no GPU found)" : "");
+
+  KVR_ASSIGN_OR_RETURN(engine->folder_,
+                       ModelFolder::Open(options.model_dir, [](int done, int total, const std::string& path) {
+                         KVR_LOG(INFO) << "mapped weights file " << done << "/" << total << ": " << path;
+                       }));
+  const ModelConfig& config = engine->folder_->config();
+  KVR_LOG(INFO) << "model: " << config.Summary() << ", "
+                << engine->folder_->TotalBytes() / (1024.0 * 1024.0) << " MiB of weights";
+  KVR_ASSIGN_OR_RETURN(engine->weights_, BindWeights(*engine->folder_));
+
+  if (options.load_tokenizer) {
+    if (std::filesystem::exists(options.model_dir + "/tokenizer.json")) {
+      KVR_ASSIGN_OR_RETURN(engine->tokenizer_, Tokenizer::FromModelFolder(options.model_dir));
+      KVR_LOG(INFO) << "tokenizer: " << engine->tokenizer_->vocab_size() << " tokens";
+    } else {
+      KVR_LOG(WARNING) << "no tokenizer.json in " << options.model_dir << ": prompts must be token ids";
+    }
+  }
+
+  std::function<void(int)> on_thread_start;
+  std::unique_ptr<ChainFabric> fabric;
+  int element_bytes = 4;
+  for (int w = 0; w < workers; ++w) {
+    const auto tw = SteadyClock::now();
+    std::unique_ptr<ModelRunner> runner;
+    if (engine->backend_ == "cpu") {
+      KVR_ASSIGN_OR_RETURN(runner, MakeCpuRunner(config, engine->weights_, CpuRunnerOptions{options.cpu_threads, w}));
+    } else {
+#ifdef KVR_WITH_CUDA_BACKEND
+      KVR_ASSIGN_OR_RETURN(runner, MakeCudaRunner(*engine->folder_, engine->weights_, w, CudaRunnerOptions{}));
+      element_bytes = 2;
+#endif
+    }
+    const MemoryReport mem = runner->memory();
+    KVR_LOG(INFO) << "worker " << w << " ready on " << runner->device_name() << ": weights "
+                  << mem.weights_bytes / (1024.0 * 1024.0) << " MiB, loaded in " << SecondsSince(tw) << " s";
+    engine->runners_.push_back(std::move(runner));
+  }
+  if (engine->backend_ == "cpu") {
+    fabric = MakeInProcessFabric();
+  } else {
+#ifdef KVR_WITH_CUDA_BACKEND
+    KVR_ASSIGN_OR_RETURN(fabric, MakeNcclFabric(workers));
+    on_thread_start = [](int device) { SelectCudaDevice(device); };
+#endif
+  }
+  std::vector<ModelRunner*> ptrs;
+  for (auto& r : engine->runners_) ptrs.push_back(r.get());
+  engine->coordinator_ = std::make_unique<PrefillCoordinator>(ptrs, std::move(fabric), on_thread_start);
+  const Topology topology = options.topology == "fan-out" ? Topology::kFanOut : Topology::kChain;
+  if (options.topology != "chain" && options.topology != "fan-out") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown topology \"", options.topology, "\" (allowed: chain, fan-out)"));
+  }
+  KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes));
+  KVR_LOG(INFO) << "engine ready in " << SecondsSince(t0) << " s: partition " << engine->planner_->name()
+                << ", topology " << TopologyName(topology);
+  return engine;
+}
+
+absl::StatusOr<PrefillResult> Engine::Prefill(absl::Span<const int32_t> tokens, int cache_capacity) {
+  const int last = next_last_worker_.fetch_add(1) % num_workers();
+  KVR_ASSIGN_OR_RETURN(PrefillPlan plan,
+                       planner_->Plan(static_cast<int>(tokens.size()), num_workers(), last));
+  return coordinator_->Run(tokens, plan, cache_capacity);
+}
+
+absl::Status Engine::Decode(int worker, absl::Span<const DecodeSlot> batch, std::vector<float>* logits) {
+  return coordinator_->RunOn(worker, [&] { return runners_[worker]->Decode(batch, logits); });
+}
+
+}  // namespace kvr

@@ -1,0 +1,754 @@
+// CudaRunner implementation. See cuda_runner.h.
+//
+// Legend: V vocab, C hidden, L layers, Hq / Hkv heads, D head size, E = Hq*D + 2*Hkv*D (fused
+// QKV width), F intermediate, U = 2F (SiLU-gate, [gate; up]) or F (GELU), T tokens in a chunk,
+// B sequences in a decode batch. "T-typed" means the compute type (bf16 or fp16).
+#include "engine/cuda/cuda_runner.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/util/log.h"
+#include "engine/util/status_macros.h"
+#include "kernels/activation.cuh"
+#include "kernels/attention_decode.cuh"
+#include "kernels/attention_prefill.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/gemm.h"
+#include "kernels/norm.cuh"
+#include "kernels/rotary.cuh"
+
+namespace kvr {
+namespace {
+
+namespace K = ::kvr::kernels;
+
+absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  if (e == cudaErrorMemoryAllocation)
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorName(e), " ", cudaGetErrorString(e)));
+}
+#define KVR_CU(expr) KVR_RETURN_IF_ERROR(CudaStatus((expr), #expr))
+#define KVR_BLAS(expr)                                                                  \
+  do {                                                                                  \
+    cublasStatus_t st_ = (expr);                                                        \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                   \
+      return absl::InternalError(absl::StrCat(#expr, ": ", K::CublasStatusName(st_)));  \
+  } while (0)
+
+std::string GiB(size_t b) { return absl::StrFormat("%.2f GiB", b / 1073741824.0); }
+
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+// Carves aligned slices out of one allocation; with base == nullptr it only counts.
+class Carver {
+ public:
+  explicit Carver(std::byte* base) : base_(base) {}
+  template <typename X>
+  X* Take(size_t count, size_t elem = sizeof(X)) {
+    std::byte* p = base_ ? base_ + off_ : nullptr;
+    off_ = AlignUp(off_ + count * elem);
+    return reinterpret_cast<X*>(p);
+  }
+  size_t size() const { return off_; }
+
+ private:
+  std::byte* base_;
+  size_t off_ = 0;
+};
+
+class CudaKvCache : public KvCache {
+ public:
+  CudaKvCache(const void* owner, int device, int capacity, int layers, size_t bytes_per_token,
+              std::byte* mem)
+      : owner_(owner), device_(device), capacity_(capacity), layers_(layers),
+        bytes_per_token_(bytes_per_token), mem_(mem) {}
+  ~CudaKvCache() override {
+    int prev = 0;
+    cudaGetDevice(&prev);
+    cudaSetDevice(device_);
+    cudaFree(mem_);
+    cudaSetDevice(prev);
+  }
+  int capacity() const override { return capacity_; }
+  int num_layers() const override { return layers_; }
+  // Layer l: K at mem + 2l * cap * bpt, V right after it.
+  KvLayerView layer(int l) override {
+    const size_t per = static_cast<size_t>(capacity_) * bytes_per_token_;
+    return KvLayerView{mem_ + 2 * l * per, mem_ + (2 * l + 1) * per, bytes_per_token_};
+  }
+  int device() const override { return device_; }
+  size_t bytes() const override {
+    return 2ull * layers_ * static_cast<size_t>(capacity_) * bytes_per_token_;
+  }
+  const void* owner() const { return owner_; }
+
+ private:
+  const void* owner_;
+  int device_, capacity_, layers_;
+  size_t bytes_per_token_;
+  std::byte* mem_;
+};
+
+struct DevLayer {
+  void *attn_norm_w = nullptr, *attn_norm_b = nullptr, *mlp_norm_w = nullptr, *mlp_norm_b = nullptr;
+  void *wqkv = nullptr, *bqkv = nullptr, *wo = nullptr, *bo = nullptr;
+  void *w_up = nullptr, *b_up = nullptr, *w_down = nullptr, *b_down = nullptr;
+};
+
+// Activations of one chunk: one stream-ordered allocation carved into buffers.
+struct ChunkBuffers {
+  int32_t* ids = nullptr;  // (T)
+  float* x = nullptr;      // (T, C) fp32 residual
+  void* h = nullptr;       // (T, C) normed input of the current sub-layer
+  void* qkv = nullptr;     // (T, E)
+  void* q = nullptr;       // (T, Hq, D) rotated queries
+  void* attn = nullptr;    // (T, Hq*D) attention output
+  void* up = nullptr;      // (T, U)
+  void* act = nullptr;     // (T, F)
+  float* logits = nullptr; // (V) last token
+};
+
+class CudaChunk : public ChunkState {
+ public:
+  CudaChunk(int device, cudaStream_t stream) : device_(device), stream_(stream) {}
+  ~CudaChunk() override {
+    if (mem) {
+      cudaSetDevice(device_);
+      cudaFreeAsync(mem, stream_);
+    }
+  }
+  CudaKvCache* cache = nullptr;
+  int start = 0, n = 0;
+  void* mem = nullptr;
+  ChunkBuffers b;
+
+ private:
+  int device_;
+  cudaStream_t stream_;
+};
+
+class CudaRunner : public ModelRunner {
+ public:
+  CudaRunner(const ModelConfig& cfg, int device, const CudaRunnerOptions& opt)
+      : cfg_(cfg), device_(device), opt_(opt),
+        dt_(opt.dtype == DType::kF16 ? K::DType::kF16 : K::DType::kBF16) {}
+
+  ~CudaRunner() override {
+    cudaSetDevice(device_);
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+    FreeDecode();
+    if (inv_freq_) cudaFree(inv_freq_);
+    if (arena_) cudaFree(arena_);
+    gemm_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  absl::Status Init() {
+    if (opt_.dtype != DType::kBF16 && opt_.dtype != DType::kF16)
+      return absl::InvalidArgumentError("CUDA compute dtype must be BF16 or F16");
+    const int ndev = CudaDeviceCount();
+    if (device_ < 0 || device_ >= ndev)
+      return absl::FailedPreconditionError(
+          absl::StrCat("CUDA device ", device_, " not available (", ndev, " devices)"));
+    if (cfg_.head_dim != 64 && cfg_.head_dim != 128)
+      return absl::UnimplementedError(absl::StrCat("head_dim ", cfg_.head_dim, " (CUDA supports 64, 128)"));
+    if (cfg_.num_kv_heads <= 0 || cfg_.num_q_heads % cfg_.num_kv_heads != 0)
+      return absl::InvalidArgumentError("num_q_heads must be a multiple of num_kv_heads");
+    KVR_CU(cudaSetDevice(device_));
+    cudaDeviceProp prop{};
+    KVR_CU(cudaGetDeviceProperties(&prop, device_));
+    name_ = absl::StrCat("cuda:", device_, " (", prop.name, ")");
+    num_sms_ = prop.multiProcessorCount;
+    KVR_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // Keep freed chunk buffers in the stream-ordered pool between chunks.
+    cudaMemPool_t pool;
+    KVR_CU(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t threshold = UINT64_MAX;
+    KVR_CU(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    pool_ = pool;
+    gemm_ = std::make_unique<K::Gemm>();
+    KVR_BLAS(gemm_->Init(opt_.gemm_workspace_bytes));
+    const std::vector<float> inv = RopeInverseFrequencies(cfg_.rope, cfg_.head_dim);
+    KVR_CU(cudaMalloc(&inv_freq_, inv.size() * sizeof(float)));
+    KVR_CU(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+    // Weight arena layout.
+    const size_t C = cfg_.hidden_size, E = cfg_.qkv_dim(), QD = cfg_.q_dim(), F = cfg_.intermediate_size;
+    const size_t U = Silu() ? 2 * F : F;
+    const bool ln = cfg_.norm == NormKind::kLayerNorm;
+    auto plan = [&](Carver& c) {
+      embed_ = c.Take<void>(static_cast<size_t>(cfg_.vocab_size) * C, 2);
+      layers_.assign(cfg_.num_layers, DevLayer{});
+      for (DevLayer& l : layers_) {
+        l.attn_norm_w = c.Take<void>(C, 2);
+        if (ln) l.attn_norm_b = c.Take<void>(C, 2);
+        if (!cfg_.parallel_attn_mlp) {
+          l.mlp_norm_w = c.Take<void>(C, 2);
+          if (ln) l.mlp_norm_b = c.Take<void>(C, 2);
+        }
+        l.wqkv = c.Take<void>(E * C, 2);
+        if (cfg_.qkv_bias) l.bqkv = c.Take<void>(E, 2);
+        l.wo = c.Take<void>(C * QD, 2);
+        if (cfg_.out_bias) l.bo = c.Take<void>(C, 2);
+        l.w_up = c.Take<void>(U * C, 2);
+        if (cfg_.mlp_bias) l.b_up = c.Take<void>(U, 2);
+        l.w_down = c.Take<void>(C * F, 2);
+        if (cfg_.mlp_bias) l.b_down = c.Take<void>(C, 2);
+      }
+      final_norm_w_ = c.Take<void>(C, 2);
+      if (ln) final_norm_b_ = c.Take<void>(C, 2);
+      lm_head_ = cfg_.tie_word_embeddings ? embed_ : c.Take<void>(static_cast<size_t>(cfg_.vocab_size) * C, 2);
+    };
+    Carver count(nullptr);
+    plan(count);
+    arena_bytes_ = count.size();
+    size_t free_b = 0, total_b = 0;
+    KVR_CU(cudaMemGetInfo(&free_b, &total_b));
+    if (arena_bytes_ + opt_.reserve_bytes > free_b)
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "weights need ", GiB(arena_bytes_), " on ", name_, ", ", GiB(free_b), " free of ", GiB(total_b)));
+    KVR_CU(cudaMalloc(&arena_, arena_bytes_));
+    Carver real(static_cast<std::byte*>(arena_));
+    plan(real);
+    return absl::OkStatus();
+  }
+
+  // Copies the checkpoint's weights into the arena, converted to the compute type.
+  absl::Status Upload(const ModelWeights& w) {
+    std::vector<uint16_t> host;
+    const size_t C = cfg_.hidden_size, E = cfg_.qkv_dim(), QD = cfg_.q_dim(), F = cfg_.intermediate_size;
+    const size_t U = Silu() ? 2 * F : F;
+    auto put = [&](const WeightRef& ref, void* dst, size_t rows, size_t cols, const char* what,
+                   int layer) -> absl::Status {
+      if (dst == nullptr) {
+        if (ref.present())
+          return absl::InvalidArgumentError(absl::StrCat("weight ", what, " of layer ", layer,
+                                                         " present but the config has no slot for it"));
+        return absl::OkStatus();
+      }
+      if (!ref.present())
+        return absl::InvalidArgumentError(absl::StrCat("weight ", what, " of layer ", layer, " missing"));
+      if (static_cast<size_t>(ref.rows) != rows || static_cast<size_t>(ref.cols) != cols)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "weight %s of layer %d is (%d, %d), expected (%d, %d)", what, layer, ref.rows, ref.cols, rows, cols));
+      host.resize(rows * cols);
+      ref.ToHalf(opt_.dtype, host.data());
+      return CudaStatus(cudaMemcpy(dst, host.data(), rows * cols * 2, cudaMemcpyHostToDevice), what);
+    };
+    KVR_CU(cudaSetDevice(device_));
+    if (w.layers.size() != static_cast<size_t>(cfg_.num_layers))
+      return absl::InvalidArgumentError("layer count of weights and config differ");
+    KVR_RETURN_IF_ERROR(put(w.embed, embed_, cfg_.vocab_size, C, "embed", -1));
+    for (int i = 0; i < cfg_.num_layers; ++i) {
+      const LayerWeights& s = w.layers[i];
+      DevLayer& d = layers_[i];
+      KVR_RETURN_IF_ERROR(put(s.attn_norm_w, d.attn_norm_w, C, 1, "attn_norm_w", i));
+      KVR_RETURN_IF_ERROR(put(s.attn_norm_b, d.attn_norm_b, C, 1, "attn_norm_b", i));
+      KVR_RETURN_IF_ERROR(put(s.mlp_norm_w, d.mlp_norm_w, C, 1, "mlp_norm_w", i));
+      KVR_RETURN_IF_ERROR(put(s.mlp_norm_b, d.mlp_norm_b, C, 1, "mlp_norm_b", i));
+      KVR_RETURN_IF_ERROR(put(s.wqkv, d.wqkv, E, C, "wqkv", i));
+      KVR_RETURN_IF_ERROR(put(s.bqkv, d.bqkv, E, 1, "bqkv", i));
+      KVR_RETURN_IF_ERROR(put(s.wo, d.wo, C, QD, "wo", i));
+      KVR_RETURN_IF_ERROR(put(s.bo, d.bo, C, 1, "bo", i));
+      KVR_RETURN_IF_ERROR(put(s.w_up, d.w_up, U, C, "w_up", i));
+      KVR_RETURN_IF_ERROR(put(s.b_up, d.b_up, U, 1, "b_up", i));
+      KVR_RETURN_IF_ERROR(put(s.w_down, d.w_down, C, F, "w_down", i));
+      KVR_RETURN_IF_ERROR(put(s.b_down, d.b_down, C, 1, "b_down", i));
+    }
+    KVR_RETURN_IF_ERROR(put(w.final_norm_w, final_norm_w_, C, 1, "final_norm_w", -1));
+    KVR_RETURN_IF_ERROR(put(w.final_norm_b, final_norm_b_, C, 1, "final_norm_b", -1));
+    if (lm_head_ != embed_) KVR_RETURN_IF_ERROR(put(w.lm_head, lm_head_, cfg_.vocab_size, C, "lm_head", -1));
+    return absl::OkStatus();
+  }
+
+  absl::Status FillRandom(uint64_t seed) {
+    KVR_CU(cudaSetDevice(device_));
+    const float a = 0.02f * 1.7320508f;  // uniform with std 0.02
+    const size_t C = cfg_.hidden_size, E = cfg_.qkv_dim(), QD = cfg_.q_dim(), F = cfg_.intermediate_size;
+    const size_t U = Silu() ? 2 * F : F;
+    uint64_t s = seed * 1000;
+    auto rnd = [&](void* p, size_t n) { return CudaStatus(K::FillUniform(dt_, p, n, a, ++s, stream_), "fill"); };
+    auto one = [&](void* p, size_t n, float v) {
+      return p ? CudaStatus(K::FillConst(dt_, p, n, v, stream_), "fill") : absl::OkStatus();
+    };
+    KVR_RETURN_IF_ERROR(rnd(embed_, static_cast<size_t>(cfg_.vocab_size) * C));
+    for (DevLayer& l : layers_) {
+      KVR_RETURN_IF_ERROR(one(l.attn_norm_w, C, 1.f));
+      KVR_RETURN_IF_ERROR(one(l.attn_norm_b, C, 0.f));
+      KVR_RETURN_IF_ERROR(one(l.mlp_norm_w, C, 1.f));
+      KVR_RETURN_IF_ERROR(one(l.mlp_norm_b, C, 0.f));
+      KVR_RETURN_IF_ERROR(rnd(l.wqkv, E * C));
+      KVR_RETURN_IF_ERROR(one(l.bqkv, E, 0.01f));
+      KVR_RETURN_IF_ERROR(rnd(l.wo, C * QD));
+      KVR_RETURN_IF_ERROR(one(l.bo, C, 0.01f));
+      KVR_RETURN_IF_ERROR(rnd(l.w_up, U * C));
+      KVR_RETURN_IF_ERROR(one(l.b_up, U, 0.01f));
+      KVR_RETURN_IF_ERROR(rnd(l.w_down, C * F));
+      KVR_RETURN_IF_ERROR(one(l.b_down, C, 0.01f));
+    }
+    KVR_RETURN_IF_ERROR(one(final_norm_w_, C, 1.f));
+    KVR_RETURN_IF_ERROR(one(final_norm_b_, C, 0.f));
+    if (lm_head_ != embed_) KVR_RETURN_IF_ERROR(rnd(lm_head_, static_cast<size_t>(cfg_.vocab_size) * C));
+    KVR_CU(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+
+  const ModelConfig& config() const override { return cfg_; }
+  std::string device_name() const override { return name_; }
+  int device() const override { return device_; }
+  void* compute_stream() const override { return stream_; }
+
+  absl::Status Synchronize() override {
+    KVR_CU(cudaSetDevice(device_));
+    KVR_CU(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+
+  MemoryReport memory() const override {
+    MemoryReport r;
+    cudaSetDevice(device_);
+    r.weights_bytes = arena_bytes_;
+    r.workspace_bytes = gemm_ ? gemm_->workspace_bytes() : 0;
+    r.workspace_bytes += decode_bytes_;
+    cudaMemGetInfo(&r.free_bytes, &r.total_bytes);
+    return r;
+  }
+
+  // Device bytes of one chunk's activations for T tokens.
+  size_t ChunkBytes(int T) const {
+    Carver c(nullptr);
+    ChunkBuffers b;
+    Carve(c, T, &b);
+    return c.size();
+  }
+
+  absl::StatusOr<std::unique_ptr<KvCache>> NewKvCache(int capacity) override {
+    if (capacity <= 0) return absl::InvalidArgumentError("KV-cache capacity must be positive");
+    KVR_CU(cudaSetDevice(device_));
+    const size_t bpt = static_cast<size_t>(cfg_.kv_dim()) * 2;
+    const size_t bytes = 2ull * cfg_.num_layers * static_cast<size_t>(capacity) * bpt;
+    const size_t chunk = ChunkBytes(capacity);
+    cudaMemPoolTrimTo(static_cast<cudaMemPool_t>(pool_), 0);
+    size_t free_b = 0, total_b = 0;
+    KVR_CU(cudaMemGetInfo(&free_b, &total_b));
+    if (bytes + chunk + opt_.reserve_bytes > free_b) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "a context of ", capacity, " tokens does not fit on ", name_, ": KV-cache ", GiB(bytes),
+          " + prefill workspace ", GiB(chunk), " + reserve ", GiB(opt_.reserve_bytes), " > ",
+          GiB(free_b), " free (", GiB(total_b), " total, weights ", GiB(arena_bytes_), ")"));
+    }
+    std::byte* mem = nullptr;
+    KVR_CU(cudaMalloc(&mem, bytes));
+    return std::unique_ptr<KvCache>(
+        new CudaKvCache(this, device_, capacity, cfg_.num_layers, bpt, mem));
+  }
+
+  absl::StatusOr<std::unique_ptr<ChunkState>> BeginChunk(absl::Span<const int32_t> tokens, int start,
+                                                         KvCache& cache_in) override {
+    KVR_ASSIGN_OR_RETURN(CudaKvCache * cache, Own(cache_in));
+    const int T = static_cast<int>(tokens.size());
+    if (T <= 0) return absl::InvalidArgumentError("empty chunk");
+    if (start < 0 || start + T > cache->capacity())
+      return absl::OutOfRangeError(absl::StrCat("chunk [", start, ", ", start + T,
+                                                ") outside the cache capacity ", cache->capacity()));
+    for (int32_t t : tokens)
+      if (t < 0 || t >= cfg_.vocab_size)
+        return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside [0, ", cfg_.vocab_size, ")"));
+    KVR_CU(cudaSetDevice(device_));
+    auto chunk = std::make_unique<CudaChunk>(device_, stream_);
+    chunk->cache = cache;
+    chunk->start = start;
+    chunk->n = T;
+    const size_t bytes = ChunkBytes(T);
+    if (cudaMallocAsync(&chunk->mem, bytes, stream_) != cudaSuccess) {
+      cudaGetLastError();
+      chunk->mem = nullptr;
+      return absl::ResourceExhaustedError(absl::StrCat("prefill workspace of ", GiB(bytes), " for ", T,
+                                                       " tokens does not fit on ", name_));
+    }
+    Carver c(static_cast<std::byte*>(chunk->mem));
+    Carve(c, T, &chunk->b);
+    KVR_CU(cudaMemcpyAsync(chunk->b.ids, tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    KVR_CU(K::EmbeddingLookup(dt_, embed_, chunk->b.ids, T, cfg_.hidden_size, cfg_.vocab_size, chunk->b.x, stream_));
+    return std::unique_ptr<ChunkState>(std::move(chunk));
+  }
+
+  absl::Status LayerQkv(ChunkState& state, int l) override {
+    auto& ch = static_cast<CudaChunk&>(state);
+    if (l < 0 || l >= cfg_.num_layers) return absl::OutOfRangeError("layer index");
+    KVR_CU(cudaSetDevice(device_));
+    const DevLayer& w = layers_[l];
+    const KvLayerView kv = ch.cache->layer(l);
+    K::RopeAppendParams rp;
+    rp.pos0 = ch.start;
+    rp.k_cache = kv.k;
+    rp.v_cache = kv.v;
+    return QkvBlock(w, ch.n, ch.b.x, ch.b.h, ch.b.qkv, ch.b.q, rp);
+  }
+
+  absl::Status LayerAttnMlp(ChunkState& state, int l) override {
+    auto& ch = static_cast<CudaChunk&>(state);
+    if (l < 0 || l >= cfg_.num_layers) return absl::OutOfRangeError("layer index");
+    KVR_CU(cudaSetDevice(device_));
+    const KvLayerView kv = ch.cache->layer(l);
+    K::PrefillAttnParams ap;
+    ap.q = ch.b.q;
+    ap.k = kv.k;
+    ap.v = kv.v;
+    ap.out = ch.b.attn;
+    ap.n = ch.n;
+    ap.s = ch.start;
+    ap.Hq = cfg_.num_q_heads;
+    ap.Hkv = cfg_.num_kv_heads;
+    ap.D = cfg_.head_dim;
+    ap.window = cfg_.sliding_window;
+    ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
+    KVR_CU(K::PrefillAttention(dt_, ap, stream_));
+    return OutMlpBlock(layers_[l], ch.n, ch.b.x, ch.b.h, ch.b.attn, ch.b.up, ch.b.act);
+  }
+
+  absl::Status FinishChunk(ChunkState& state, std::vector<float>* last_logits) override {
+    auto& ch = static_cast<CudaChunk&>(state);
+    KVR_CU(cudaSetDevice(device_));
+    const float* xlast = ch.b.x + static_cast<size_t>(ch.n - 1) * cfg_.hidden_size;
+    KVR_RETURN_IF_ERROR(Head(1, xlast, ch.b.h, ch.b.logits));
+    last_logits->resize(cfg_.vocab_size);
+    KVR_CU(cudaMemcpyAsync(last_logits->data(), ch.b.logits, cfg_.vocab_size * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
+    KVR_CU(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+
+  absl::Status Decode(absl::Span<const DecodeSlot> batch, std::vector<float>* logits) override {
+    const int B = static_cast<int>(batch.size());
+    if (B == 0) {
+      logits->clear();
+      return absl::OkStatus();
+    }
+    KVR_CU(cudaSetDevice(device_));
+    KVR_RETURN_IF_ERROR(EnsureDecode(B));
+    // Host tables: ids (B), pos (B), len (B), k / v base per (layer, sequence).
+    const int L = cfg_.num_layers;
+    auto* ids = reinterpret_cast<int32_t*>(host_tab_);
+    int32_t* pos = ids + B;
+    int32_t* len = pos + B;
+    auto** kt = reinterpret_cast<void**>(host_tab_ + TabPtrOffset(B));
+    void** vt = kt + static_cast<size_t>(L) * B;
+    for (int b = 0; b < B; ++b) {
+      const DecodeSlot& s = batch[b];
+      if (s.cache == nullptr) return absl::InvalidArgumentError("decode slot without a cache");
+      KVR_ASSIGN_OR_RETURN(CudaKvCache * c, Own(*s.cache));
+      if (s.pos < 0 || s.pos >= c->capacity())
+        return absl::OutOfRangeError(absl::StrCat("decode position ", s.pos, " outside capacity ", c->capacity()));
+      if (s.token < 0 || s.token >= cfg_.vocab_size)
+        return absl::InvalidArgumentError(absl::StrCat("token id ", s.token, " outside the vocabulary"));
+      ids[b] = s.token;
+      pos[b] = s.pos;
+      len[b] = s.pos + 1;
+      for (int l = 0; l < L; ++l) {
+        const KvLayerView v = c->layer(l);
+        kt[static_cast<size_t>(l) * B + b] = v.k;
+        vt[static_cast<size_t>(l) * B + b] = v.v;
+      }
+    }
+    KVR_CU(cudaMemcpyAsync(dev_tab_, host_tab_, TabBytes(B), cudaMemcpyHostToDevice, stream_));
+    if (opt_.decode_graphs) {
+      auto it = graphs_.find(B);
+      if (it == graphs_.end() && warmed_.count(B)) {
+        cudaGraph_t graph = nullptr;
+        KVR_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        absl::Status st = DecodeStep(B);
+        cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+        KVR_RETURN_IF_ERROR(st);
+        KVR_CU(e);
+        cudaGraphExec_t exec = nullptr;
+        e = cudaGraphInstantiate(&exec, graph, 0);
+        cudaGraphDestroy(graph);
+        KVR_CU(e);
+        it = graphs_.emplace(B, exec).first;
+      }
+      if (it != graphs_.end()) {
+        KVR_CU(cudaGraphLaunch(it->second, stream_));
+      } else {
+        KVR_RETURN_IF_ERROR(DecodeStep(B));
+        warmed_[B] = true;
+      }
+    } else {
+      KVR_RETURN_IF_ERROR(DecodeStep(B));
+    }
+    logits->resize(static_cast<size_t>(B) * cfg_.vocab_size);
+    KVR_CU(cudaMemcpyAsync(logits->data(), dec_.logits, logits->size() * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
+    KVR_CU(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadKv(KvCache& cache_in, int layer, int a, int b, std::vector<float>* k,
+                      std::vector<float>* v) override {
+    KVR_ASSIGN_OR_RETURN(CudaKvCache * cache, Own(cache_in));
+    if (layer < 0 || layer >= cfg_.num_layers || a < 0 || b > cache->capacity() || a > b)
+      return absl::OutOfRangeError("ReadKv range");
+    KVR_CU(cudaSetDevice(device_));
+    KVR_CU(cudaStreamSynchronize(stream_));
+    const KvLayerView view = cache->layer(layer);
+    const size_t n = static_cast<size_t>(b - a) * cfg_.kv_dim();
+    std::vector<uint16_t> hk(n), hv(n);
+    KVR_CU(cudaMemcpy(hk.data(), view.k + a * view.bytes_per_token, n * 2, cudaMemcpyDeviceToHost));
+    KVR_CU(cudaMemcpy(hv.data(), view.v + a * view.bytes_per_token, n * 2, cudaMemcpyDeviceToHost));
+    k->resize(n);
+    v->resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      (*k)[i] = opt_.dtype == DType::kBF16 ? Bf16ToFloat(hk[i]) : F16ToFloat(hk[i]);
+      (*v)[i] = opt_.dtype == DType::kBF16 ? Bf16ToFloat(hv[i]) : F16ToFloat(hv[i]);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  bool Silu() const { return cfg_.mlp == MlpKind::kSiluGate; }
+  int U() const { return Silu() ? 2 * cfg_.intermediate_size : cfg_.intermediate_size; }
+
+  absl::StatusOr<CudaKvCache*> Own(KvCache& c) {
+    auto* cc = dynamic_cast<CudaKvCache*>(&c);
+    if (cc == nullptr || cc->owner() != this)
+      return absl::InvalidArgumentError("KV-cache was not made by this CUDA runner");
+    return cc;
+  }
+
+  void Carve(Carver& c, int T, ChunkBuffers* b) const {
+    const size_t t = T, C = cfg_.hidden_size;
+    b->ids = c.Take<int32_t>(t);
+    b->x = c.Take<float>(t * C);
+    b->h = c.Take<void>(t * C, 2);
+    b->qkv = c.Take<void>(t * cfg_.qkv_dim(), 2);
+    b->q = c.Take<void>(t * cfg_.q_dim(), 2);
+    b->attn = c.Take<void>(t * cfg_.q_dim(), 2);
+    b->up = c.Take<void>(t * U(), 2);
+    b->act = Silu() ? c.Take<void>(t * cfg_.intermediate_size, 2) : b->up;
+    b->logits = c.Take<float>(static_cast<size_t>(cfg_.vocab_size) * std::max(T, 1));
+  }
+
+  absl::Status Norm(const float* x, const void* w, const void* bias, int n, void* out) {
+    if (cfg_.norm == NormKind::kLayerNorm)
+      return CudaStatus(K::LayerNorm(dt_, x, w, bias, cfg_.norm_eps, n, cfg_.hidden_size, out, stream_), "layernorm");
+    return CudaStatus(K::RmsNorm(dt_, x, w, cfg_.norm_eps, n, cfg_.hidden_size, out, stream_), "rmsnorm");
+  }
+
+  // h = norm(x); qkv = h Wqkv^T (+b); rotary; K, V -> cache (rp carries positions and cache).
+  absl::Status QkvBlock(const DevLayer& w, int n, const float* x, void* h, void* qkv, void* q,
+                        K::RopeAppendParams rp) {
+    const int C = cfg_.hidden_size, E = cfg_.qkv_dim();
+    KVR_RETURN_IF_ERROR(Norm(x, w.attn_norm_w, w.attn_norm_b, n, h));
+    KVR_BLAS(gemm_->Linear(dt_, h, w.wqkv, n, C, E, qkv, K::GemmOut::kSame, 0.f, stream_));
+    if (w.bqkv) KVR_CU(K::AddBias(dt_, qkv, w.bqkv, n, E, stream_));
+    rp.qkv = qkv;
+    rp.n = n;
+    rp.Hq = cfg_.num_q_heads;
+    rp.Hkv = cfg_.num_kv_heads;
+    rp.D = cfg_.head_dim;
+    rp.q_out = q;
+    rp.inv_freq = inv_freq_;
+    KVR_CU(K::RopeAppend(dt_, rp, stream_));
+    return absl::OkStatus();
+  }
+
+  // x += attn Wo^T (+b); then the MLP (on norm(x), or on h for parallel attention + MLP).
+  absl::Status OutMlpBlock(const DevLayer& w, int n, float* x, void* h, const void* attn, void* up,
+                           void* act) {
+    const int C = cfg_.hidden_size, QD = cfg_.q_dim(), F = cfg_.intermediate_size;
+    KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, x, K::GemmOut::kF32, 1.f, stream_));
+    if (w.bo) KVR_CU(K::AddBiasF32(dt_, x, w.bo, n, C, stream_));
+    if (!cfg_.parallel_attn_mlp) KVR_RETURN_IF_ERROR(Norm(x, w.mlp_norm_w, w.mlp_norm_b, n, h));
+    KVR_BLAS(gemm_->Linear(dt_, h, w.w_up, n, C, U(), up, K::GemmOut::kSame, 0.f, stream_));
+    if (w.b_up) KVR_CU(K::AddBias(dt_, up, w.b_up, n, U(), stream_));
+    if (Silu()) {
+      KVR_CU(K::SiluGate(dt_, up, n, F, act, stream_));
+    } else {
+      KVR_CU(K::GeluInPlace(dt_, up, n, F, stream_));
+      act = up;
+    }
+    KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, x, K::GemmOut::kF32, 1.f, stream_));
+    if (w.b_down) KVR_CU(K::AddBiasF32(dt_, x, w.b_down, n, C, stream_));
+    return absl::OkStatus();
+  }
+
+  // logits (n, V) fp32 = final_norm(x rows) lm_head^T.
+  absl::Status Head(int n, const float* x, void* h, float* logits) {
+    KVR_RETURN_IF_ERROR(Norm(x, final_norm_w_, final_norm_b_, n, h));
+    KVR_BLAS(gemm_->Linear(dt_, h, lm_head_, n, cfg_.hidden_size, cfg_.vocab_size, logits,
+                           K::GemmOut::kF32, 0.f, stream_));
+    return absl::OkStatus();
+  }
+
+  // ---- decode ----
+  size_t TabPtrOffset(int B) const { return AlignUp(3ull * B * sizeof(int32_t)); }
+  size_t TabBytes(int B) const { return TabPtrOffset(B) + 2ull * cfg_.num_layers * B * sizeof(void*); }
+
+  struct DecodeBuffers {
+    float* x = nullptr;
+    void *h = nullptr, *qkv = nullptr, *q = nullptr, *attn = nullptr, *up = nullptr, *act = nullptr;
+    float *logits = nullptr, *o_part = nullptr, *lse_part = nullptr;
+  };
+
+  void FreeDecode() {
+    if (dec_mem_) cudaFree(dec_mem_);
+    if (dev_tab_) cudaFree(dev_tab_);
+    if (host_tab_) cudaFreeHost(host_tab_);
+    dec_mem_ = nullptr;
+    dev_tab_ = nullptr;
+    host_tab_ = nullptr;
+    decode_bytes_ = 0;
+  }
+
+  absl::Status EnsureDecode(int B) {
+    if (B <= dec_cap_) {
+      if (B != dec_b_) SetDecodeViews(B);
+      return absl::OkStatus();
+    }
+    KVR_CU(cudaStreamSynchronize(stream_));
+    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+    graphs_.clear();
+    warmed_.clear();
+    FreeDecode();
+    const int cap = std::max(B, 8);
+    Carver c(nullptr);
+    DecodeBuffers tmp;
+    CarveDecode(c, cap, &tmp);
+    KVR_CU(cudaMalloc(&dec_mem_, c.size()));
+    KVR_CU(cudaMalloc(&dev_tab_, TabBytes(cap)));
+    KVR_CU(cudaMallocHost(&host_tab_, TabBytes(cap)));
+    decode_bytes_ = c.size() + TabBytes(cap);
+    dec_cap_ = cap;
+    SetDecodeViews(B);
+    return absl::OkStatus();
+  }
+
+  void CarveDecode(Carver& c, int B, DecodeBuffers* d) const {
+    const size_t b = B, C = cfg_.hidden_size;
+    const int S = K::DecodeAttentionSplits(B, cfg_.num_kv_heads, num_sms_);
+    d->x = c.Take<float>(b * C);
+    d->h = c.Take<void>(b * C, 2);
+    d->qkv = c.Take<void>(b * cfg_.qkv_dim(), 2);
+    d->q = c.Take<void>(b * cfg_.q_dim(), 2);
+    d->attn = c.Take<void>(b * cfg_.q_dim(), 2);
+    d->up = c.Take<void>(b * U(), 2);
+    d->act = c.Take<void>(b * cfg_.intermediate_size, 2);
+    d->logits = c.Take<float>(b * cfg_.vocab_size);
+    d->o_part = c.Take<float>(b * cfg_.num_q_heads * S * cfg_.head_dim);
+    d->lse_part = c.Take<float>(b * cfg_.num_q_heads * S);
+  }
+
+  // Views of the decode buffers for batch B (split count depends on B).
+  void SetDecodeViews(int B) {
+    Carver c(static_cast<std::byte*>(dec_mem_));
+    CarveDecode(c, B, &dec_);
+    dec_b_ = B;
+  }
+
+  // One decode step for the B sequences described by the device tables.
+  absl::Status DecodeStep(int B) {
+    const int L = cfg_.num_layers, C = cfg_.hidden_size;
+    auto* dids = reinterpret_cast<int32_t*>(dev_tab_);
+    int32_t* dpos = dids + B;
+    int32_t* dlen = dpos + B;
+    auto** dkt = reinterpret_cast<void**>(static_cast<std::byte*>(dev_tab_) + TabPtrOffset(B));
+    void** dvt = dkt + static_cast<size_t>(L) * B;
+    KVR_CU(K::EmbeddingLookup(dt_, embed_, dids, B, C, cfg_.vocab_size, dec_.x, stream_));
+    for (int l = 0; l < L; ++l) {
+      const DevLayer& w = layers_[l];
+      K::RopeAppendParams rp;
+      rp.pos = dpos;
+      rp.k_table = dkt + static_cast<size_t>(l) * B;
+      rp.v_table = dvt + static_cast<size_t>(l) * B;
+      KVR_RETURN_IF_ERROR(QkvBlock(w, B, dec_.x, dec_.h, dec_.qkv, dec_.q, rp));
+      K::DecodeAttnParams ap;
+      ap.q = dec_.q;
+      ap.k_table = const_cast<const void* const*>(rp.k_table);
+      ap.v_table = const_cast<const void* const*>(rp.v_table);
+      ap.len = dlen;
+      ap.out = dec_.attn;
+      ap.o_part = dec_.o_part;
+      ap.lse_part = dec_.lse_part;
+      ap.B = B;
+      ap.Hq = cfg_.num_q_heads;
+      ap.Hkv = cfg_.num_kv_heads;
+      ap.D = cfg_.head_dim;
+      ap.splits = K::DecodeAttentionSplits(B, cfg_.num_kv_heads, num_sms_);
+      ap.window = cfg_.sliding_window;
+      ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
+      KVR_CU(K::DecodeAttention(dt_, ap, stream_));
+      KVR_RETURN_IF_ERROR(OutMlpBlock(w, B, dec_.x, dec_.h, dec_.attn, dec_.up, dec_.act));
+    }
+    return Head(B, dec_.x, dec_.h, dec_.logits);
+  }
+
+  ModelConfig cfg_;
+  int device_;
+  CudaRunnerOptions opt_;
+  K::DType dt_;
+  std::string name_;
+  int num_sms_ = 0;
+  cudaStream_t stream_ = nullptr;
+  void* pool_ = nullptr;
+  std::unique_ptr<K::Gemm> gemm_;
+  float* inv_freq_ = nullptr;
+  void* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+  void *embed_ = nullptr, *final_norm_w_ = nullptr, *final_norm_b_ = nullptr, *lm_head_ = nullptr;
+  std::vector<DevLayer> layers_;
+  // decode
+  void* dec_mem_ = nullptr;
+  void* dev_tab_ = nullptr;
+  std::byte* host_tab_ = nullptr;
+  size_t decode_bytes_ = 0;
+  int dec_cap_ = 0, dec_b_ = 0;
+  DecodeBuffers dec_;
+  std::map<int, cudaGraphExec_t> graphs_;
+  std::map<int, bool> warmed_;
+};
+
+}  // namespace
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaRunner(const ModelFolder& folder,
+                                                            const ModelWeights& weights, int device,
+                                                            const CudaRunnerOptions& options) {
+  auto r = std::make_unique<CudaRunner>(folder.config(), device, options);
+  KVR_RETURN_IF_ERROR(r->Init());
+  KVR_RETURN_IF_ERROR(r->Upload(weights));
+  const MemoryReport m = r->memory();
+  KVR_LOG(INFO) << r->device_name() << ": " << folder.config().Summary() << "; weights "
+                << GiB(m.weights_bytes) << ", workspace " << GiB(m.workspace_bytes) << ", "
+                << GiB(m.free_bytes) << " free of " << GiB(m.total_bytes);
+  return std::unique_ptr<ModelRunner>(std::move(r));
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> MakeRandomCudaRunner(const ModelConfig& config,
+                                                                  int device,
+                                                                  const CudaRunnerOptions& options,
+                                                                  uint64_t seed) {
+  auto r = std::make_unique<CudaRunner>(config, device, options);
+  KVR_RETURN_IF_ERROR(r->Init());
+  KVR_RETURN_IF_ERROR(r->FillRandom(seed));
+  return std::unique_ptr<ModelRunner>(std::move(r));
+}
+
+}  // namespace kvr

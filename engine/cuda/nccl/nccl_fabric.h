@@ -1,0 +1,30 @@
+// NCCL point-to-point transport for KV-Runahead across the GPUs of one node.
+//
+// Communicators: one two-rank NCCL communicator per pair of devices, so that a position's
+// receive from its predecessor and its send to its successor are independent operations on
+// independent streams. Streams: per device and peer, one send and one receive stream, apart
+// from the runner's compute stream. Per prefill and layer l:
+//   - every receive of layer l is posted up front (at Connect) on the receive stream, straight
+//     into the receiver's KV-cache rows (no staging buffer), followed by an event recv_done[l];
+//   - SendLayer(l) records qkv_done[l] on the compute stream; the send stream waits for it (and,
+//     for a forwarded prefix, for recv_done[l]) and sends K rows and V rows: the compute stream
+//     never waits on a send;
+//   - WaitPrefix(l) makes the compute stream wait for recv_done[l] (the host does not block) and
+//     brackets that wait with timing events, so the time the GPU stalled is measured;
+//   - Finish() waits for the send and receive streams of this position.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/prefill/transport.h"
+
+namespace kvr {
+
+// Creates the communicators and streams for devices 0..num_devices-1. Call from one thread.
+absl::StatusOr<std::unique_ptr<ChainFabric>> MakeNcclFabric(int num_devices);
+
+// Makes `device` current on the calling thread (worker threads call it once at start).
+void SelectCudaDevice(int device);
+
+}  // namespace kvr

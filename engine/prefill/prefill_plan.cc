@@ -1,0 +1,58 @@
+#include "engine/prefill/prefill_plan.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvr {
+
+std::string TopologyName(Topology t) { return t == Topology::kChain ? "chain" : "fan-out"; }
+
+std::string PrefillPlan::ToString() const {
+  std::string s = absl::StrCat(planner, " ", TopologyName(topology), " C=", context_len);
+  for (int k = 0; k < num_chunks(); ++k) {
+    absl::StrAppend(&s, " [", chunk_begin(k), ",", chunk_end(k), ")@", order[k]);
+  }
+  return s;
+}
+
+absl::Status ValidatePlan(const PrefillPlan& plan, int num_workers) {
+  const int p = plan.num_chunks();
+  if (plan.context_len <= 0) return absl::InvalidArgumentError("plan: empty context");
+  if (p == 0 || p > num_workers) {
+    return absl::InvalidArgumentError(absl::StrCat("plan: ", p, " chunks for ", num_workers, " workers"));
+  }
+  if (static_cast<int>(plan.bounds.size()) != p + 1 || plan.bounds.front() != 0 ||
+      plan.bounds.back() != plan.context_len) {
+    return absl::InvalidArgumentError(absl::StrCat("plan: bounds must run from 0 to C=", plan.context_len,
+                                                   " in ", p + 1, " entries: ", plan.ToString()));
+  }
+  for (int k = 0; k < p; ++k) {
+    if (plan.bounds[k] >= plan.bounds[k + 1]) {
+      return absl::InvalidArgumentError(absl::StrCat("plan: chunk ", k, " is empty: ", plan.ToString()));
+    }
+  }
+  std::vector<bool> seen(num_workers, false);
+  for (int w : plan.order) {
+    if (w < 0 || w >= num_workers || seen[w]) {
+      return absl::InvalidArgumentError(absl::StrCat("plan: order is not a set of distinct workers: ", plan.ToString()));
+    }
+    seen[w] = true;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<KvTransfer> TransfersOf(const PrefillPlan& plan) {
+  std::vector<KvTransfer> out;
+  const int p = plan.num_chunks();
+  for (int k = 1; k < p; ++k) {
+    if (plan.topology == Topology::kChain) {
+      out.push_back({k - 1, k, 0, plan.chunk_begin(k)});
+    } else {
+      for (int j = 0; j < k; ++j) out.push_back({j, k, plan.chunk_begin(j), plan.chunk_end(j)});
+    }
+  }
+  return out;
+}
+
+}  // namespace kvr

@@ -1,0 +1,60 @@
+// Device helpers shared by the kernels in this folder (not a public header: included by .cu only).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda_check.h"
+
+namespace kvr::kernels {
+
+template <typename T>
+__device__ __forceinline__ float ToF(T v);
+template <>
+__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <>
+__device__ __forceinline__ float ToF<__half>(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T FromF(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half FromF<__half>(float v) { return __float2half(v); }
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over a block of up to 1024 threads (blockDim.x a multiple of 32). `scratch` holds 32 floats.
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = WarpSum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : 0.f;
+  return WarpSum(v);
+}
+
+// Calls f.template operator()<T>() with T the CUDA element type of `dt`.
+#define KVR_DISPATCH_DTYPE(dt, T, ...)          \
+  [&]() -> cudaError_t {                        \
+    if ((dt) == ::kvr::kernels::DType::kBF16) { \
+      using T = __nv_bfloat16;                  \
+      return __VA_ARGS__();                     \
+    } else {                                    \
+      using T = __half;                         \
+      return __VA_ARGS__();                     \
+    }                                           \
+  }()
+
+}  // namespace kvr::kernels

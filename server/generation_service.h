@@ -1,0 +1,64 @@
+// GenerationService: the kvr.v1.Kvr gRPC service (callback API). Generate validates and
+// tokenizes on the reaction thread, submits to the scheduler, and streams the scheduler's
+// output through one ServerWriteReactor per call: one write in flight, chunks that pile up
+// behind a slow client are merged into one message, nothing in a reaction blocks.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "engine/model/model_config.h"
+#include "engine/serving/scheduler.h"
+#include "kvr/v1/kvr.grpc.pb.h"
+#include "server/metrics.h"
+#include "server/validation.h"
+
+namespace kvr {
+
+class Tokenizer;
+
+struct ServiceOptions {
+  Scheduler* scheduler = nullptr;
+  const Tokenizer* tokenizer = nullptr;  // null: token-id prompts only
+  const ModelConfig* model = nullptr;
+  ModelLimits limits;
+  v1::ServerInfo server_info;            // static fields; counts are filled per call
+  Metrics* metrics = nullptr;            // may be null
+};
+
+class GenerationService final : public v1::Kvr::CallbackService {
+ public:
+  explicit GenerationService(ServiceOptions options);
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const v1::AbortRequest* request,
+                                  v1::AbortResponse* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
+                                       const v1::DetokenizeRequest* request,
+                                       v1::DetokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const v1::GetServerInfoRequest* request,
+                                          v1::ServerInfo* response) override;
+
+  const ServiceOptions& options() const { return options_; }
+  std::string NextRequestId() { return "kvr-" + std::to_string(next_id_.fetch_add(1) + 1); }
+  void CountRejected(const absl::Status& status);
+
+ private:
+  ServiceOptions options_;
+  std::atomic<uint64_t> next_id_{0};
+};
+
+// absl -> gRPC status; the codes are the same numbers.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace kvr

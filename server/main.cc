@@ -1,0 +1,95 @@
+// kvrd: the kvr serving daemon. Flags live here (the same keys work in a --config JSON file);
+// everything else is in server/daemon.cc.
+//
+//   kvrd --model /models/llama3-8b --listen 0.0.0.0:50051 --metrics_listen 0.0.0.0:9464
+#include <csignal>
+#include <cstdio>
+#include <functional>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "engine/util/log.h"
+#include "server/config.h"
+#include "server/daemon.h"
+
+ABSL_FLAG(std::string, model, "", "model folder (config.json, *.safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address host:port");
+ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is present), cpu or cuda");
+ABSL_FLAG(int, workers, 0, "prefill workers = devices; 0: every GPU, or 2 on the CPU");
+ABSL_FLAG(std::string, partition, "even", "prefill split planner: even, cost, fixed:n1,n2,...");
+ABSL_FLAG(std::string, topology, "chain", "KV-Runahead transfer topology: chain or fan-out");
+ABSL_FLAG(int, cpu_threads, 1, "matrix-product threads per CPU worker");
+ABSL_FLAG(int, max_queue, 64, "requests waiting for prefill; beyond it RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_running, 32, "requests decoding at once (continuous batching)");
+ABSL_FLAG(int, max_model_len, 0, "longest prompt + max_tokens served; 0 = the model's context");
+ABSL_FLAG(int, decode_steps_per_prefill, 1,
+          "decode steps of the running requests between two prefills (starvation guard)");
+ABSL_FLAG(int, shutdown_timeout_s, 30, "on SIGTERM, seconds given to running streams");
+ABSL_FLAG(int, testing_decode_delay_ms, 0,
+          "for tests only: sleep this long in every decode step (slows streams down)");
+ABSL_FLAG(std::string, config, "", "JSON file with any of these flags' keys");
+
+namespace {
+
+// A flag given on the command line with a non-default value wins over the config file.
+bool FlagChanged(const std::string& name) {
+  const absl::CommandLineFlag* f = absl::FindCommandLineFlag(name);
+  return f != nullptr && f->CurrentValue() != f->DefaultValue();
+}
+
+kvr::ServerConfig FromFlags() {
+  kvr::ServerConfig c;
+  c.model = absl::GetFlag(FLAGS_model);
+  c.listen = absl::GetFlag(FLAGS_listen);
+  c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  c.backend = absl::GetFlag(FLAGS_backend);
+  c.workers = absl::GetFlag(FLAGS_workers);
+  c.partition = absl::GetFlag(FLAGS_partition);
+  c.topology = absl::GetFlag(FLAGS_topology);
+  c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  c.max_queue = absl::GetFlag(FLAGS_max_queue);
+  c.max_running = absl::GetFlag(FLAGS_max_running);
+  c.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  c.decode_steps_per_prefill = absl::GetFlag(FLAGS_decode_steps_per_prefill);
+  c.shutdown_timeout_s = absl::GetFlag(FLAGS_shutdown_timeout_s);
+  c.testing_decode_delay_ms = absl::GetFlag(FLAGS_testing_decode_delay_ms);
+  return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "kvrd: LLM serving daemon with KV-Runahead prefill.\n"
+      "  kvrd --model DIR [--listen 127.0.0.1:50051] [--metrics_listen 127.0.0.1:9464]\n"
+      "API: proto/kvr/v1/kvr.proto, docs/api.md. Metrics: docs/metrics.md.");
+  absl::ParseCommandLine(argc, argv);
+
+  // Termination signals are taken by sigwait in the main thread: block them before any thread
+  // starts so that every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  kvr::ServerConfig config = FromFlags();
+  const std::string config_file = absl::GetFlag(FLAGS_config);
+  if (!config_file.empty()) {
+    absl::Status s = kvr::LoadConfigFile(config_file, &config, FlagChanged);
+    if (!s.ok()) {
+      KVR_LOG(ERROR) << "bad config: " << s.message();
+      return 2;
+    }
+  }
+  if (absl::Status s = config.Validate(); !s.ok()) {
+    KVR_LOG(ERROR) << "bad config: " << s.message();
+    return 2;
+  }
+  return kvr::RunDaemon(config, signals);
+}

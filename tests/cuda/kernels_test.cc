@@ -1,0 +1,392 @@
+// Each CUDA kernel against a straightforward CPU loop (double accumulation) on fresh random
+// inputs, with poisoned (NaN) outputs and odd sizes. Label gpu: exits 77 without a GPU.
+//
+// Legend: n rows (tokens), C hidden, F intermediate, Hq / Hkv heads, D head size, s prefix.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/activation.cuh"
+#include "kernels/attention_decode.cuh"
+#include "kernels/attention_prefill.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/gemm.h"
+#include "kernels/norm.cuh"
+#include "kernels/rotary.cuh"
+#include "tests/cuda/gpu_test_util.h"
+
+namespace kvr::testing {
+namespace {
+
+using namespace kvr::kernels;
+
+const DType kTypes[] = {DType::kBF16, DType::kF16};
+// Relative L2 error allowed for outputs rounded to bf16 / fp16 once (or through a bf16 product).
+double Tol(DType dt) { return dt == DType::kBF16 ? 8e-3 : 2e-3; }
+
+TEST(Kernels, EmbeddingLookup) {
+  std::mt19937 rng(1);
+  for (DType dt : kTypes) {
+    const int V = 1003, C = 129, n = 37;
+    auto table = RandomHalf(dt, static_cast<size_t>(V) * C, 1.f, rng);
+    std::vector<int32_t> ids(n);
+    for (auto& i : ids) i = std::uniform_int_distribution<int>(0, V - 1)(rng);
+    DeviceBuffer<uint16_t> dtab(table.h.size());
+    DeviceBuffer<int32_t> dids(n);
+    DeviceBuffer<float> dout(static_cast<size_t>(n) * C);
+    CUDA_OK(dtab.Upload(table.h));
+    CUDA_OK(dids.Upload(ids));
+    CUDA_OK(dout.Poison());
+    CUDA_OK(EmbeddingLookup(dt, dtab.get(), dids.get(), n, C, V, dout.get(), nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    auto out = dout.Download();
+    for (int r = 0; r < n; ++r)
+      for (int c = 0; c < C; ++c)
+        ASSERT_EQ(out[r * C + c], table.f[static_cast<size_t>(ids[r]) * C + c]);
+  }
+}
+
+TEST(Kernels, RmsNormAndLayerNorm) {
+  std::mt19937 rng(2);
+  for (DType dt : kTypes) {
+    for (int C : {64, 1000, 4544}) {
+      const int n = 7;
+      std::vector<float> x(static_cast<size_t>(n) * C);
+      std::normal_distribution<float> nd(0.3f, 2.f);
+      for (auto& v : x) v = nd(rng);
+      auto w = RandomHalf(dt, C, 1.f, rng), b = RandomHalf(dt, C, 1.f, rng);
+      DeviceBuffer<float> dx(x.size());
+      DeviceBuffer<uint16_t> dw(C), db(C), dout(x.size());
+      CUDA_OK(dx.Upload(x));
+      CUDA_OK(dw.Upload(w.h));
+      CUDA_OK(db.Upload(b.h));
+      for (int layer = 0; layer < 2; ++layer) {
+        CUDA_OK(dout.Poison());
+        if (layer)
+          CUDA_OK(LayerNorm(dt, dx.get(), dw.get(), db.get(), 1e-5f, n, C, dout.get(), nullptr));
+        else
+          CUDA_OK(RmsNorm(dt, dx.get(), dw.get(), 1e-6f, n, C, dout.get(), nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        auto out = ToFloat(dt, dout.Download());
+        std::vector<double> ref(x.size());
+        for (int r = 0; r < n; ++r) {
+          double mean = 0, var = 0;
+          if (layer) {
+            for (int c = 0; c < C; ++c) mean += x[r * C + c];
+            mean /= C;
+          }
+          for (int c = 0; c < C; ++c) var += (x[r * C + c] - mean) * (x[r * C + c] - mean);
+          const double inv = 1.0 / std::sqrt(var / C + (layer ? 1e-5 : 1e-6));
+          for (int c = 0; c < C; ++c)
+            ref[r * C + c] = (x[r * C + c] - mean) * inv * w.f[c] + (layer ? b.f[c] : 0.0);
+        }
+        EXPECT_LT(RelErr(out, ref), Tol(dt)) << "C=" << C << " layernorm=" << layer;
+      }
+    }
+  }
+}
+
+TEST(Kernels, RopeAppendPrefillAndDecode) {
+  std::mt19937 rng(3);
+  for (DType dt : kTypes) {
+    struct Case { int n, Hq, Hkv, D, pos0; bool table; };
+    for (Case cs : {Case{13, 8, 2, 128, 77, false}, Case{1, 71, 1, 64, 4095, false},
+                    Case{3, 4, 4, 64, 0, true}}) {
+      const int E = (cs.Hq + 2 * cs.Hkv) * cs.D, cap = 4200;
+      auto qkv = RandomHalf(dt, static_cast<size_t>(cs.n) * E, 1.f, rng);
+      std::vector<float> inv(cs.D / 2);
+      for (int i = 0; i < cs.D / 2; ++i) inv[i] = std::pow(500000.f, -2.f * i / cs.D) * (i > 20 ? 0.125f : 1.f);
+      std::vector<int32_t> pos(cs.n);
+      for (int i = 0; i < cs.n; ++i) pos[i] = cs.table ? 1000 * i + 5 : cs.pos0 + i;
+      DeviceBuffer<uint16_t> dqkv(qkv.h.size()), dq(static_cast<size_t>(cs.n) * cs.Hq * cs.D);
+      DeviceBuffer<uint16_t> dk(static_cast<size_t>(cap) * cs.Hkv * cs.D), dv(dk.size());
+      DeviceBuffer<float> dinv(inv.size());
+      DeviceBuffer<int32_t> dpos(cs.n);
+      DeviceBuffer<void*> dkt(cs.n), dvt(cs.n);
+      CUDA_OK(dqkv.Upload(qkv.h));
+      CUDA_OK(dinv.Upload(inv));
+      CUDA_OK(dpos.Upload(pos));
+      CUDA_OK(dq.Poison());
+      CUDA_OK(dk.Poison());
+      CUDA_OK(dv.Poison());
+      std::vector<void*> kt(cs.n, dk.get()), vt(cs.n, dv.get());
+      CUDA_OK(dkt.Upload(kt));
+      CUDA_OK(dvt.Upload(vt));
+      RopeAppendParams p;
+      p.qkv = dqkv.get();
+      p.n = cs.n; p.Hq = cs.Hq; p.Hkv = cs.Hkv; p.D = cs.D;
+      p.q_out = dq.get();
+      p.inv_freq = dinv.get();
+      if (cs.table) {
+        p.pos = dpos.get();
+        p.k_table = dkt.get();
+        p.v_table = dvt.get();
+      } else {
+        p.pos0 = cs.pos0;
+        p.k_cache = dk.get();
+        p.v_cache = dv.get();
+      }
+      CUDA_OK(RopeAppend(dt, p, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      auto q = ToFloat(dt, dq.Download()), k = ToFloat(dt, dk.Download()), v = ToFloat(dt, dv.Download());
+      std::vector<float> got;
+      std::vector<double> ref;
+      const int half = cs.D / 2;
+      for (int r = 0; r < cs.n; ++r) {
+        for (int h = 0; h < cs.Hq + cs.Hkv; ++h) {
+          const float* x = qkv.f.data() + static_cast<size_t>(r) * E + h * cs.D;
+          const float* y = h < cs.Hq ? q.data() + (static_cast<size_t>(r) * cs.Hq + h) * cs.D
+                                     : k.data() + (static_cast<size_t>(pos[r]) * cs.Hkv + h - cs.Hq) * cs.D;
+          for (int i = 0; i < half; ++i) {
+            const double ang = static_cast<double>(pos[r]) * static_cast<double>(inv[i]);
+            ref.push_back(x[i] * std::cos(ang) - x[i + half] * std::sin(ang));
+            ref.push_back(x[i + half] * std::cos(ang) + x[i] * std::sin(ang));
+            got.push_back(y[i]);
+            got.push_back(y[i + half]);
+          }
+        }
+        for (int t = 0; t < cs.Hkv * cs.D; ++t) {
+          ref.push_back(qkv.f[static_cast<size_t>(r) * E + (cs.Hq + cs.Hkv) * cs.D + t]);
+          got.push_back(v[static_cast<size_t>(pos[r]) * cs.Hkv * cs.D + t]);
+        }
+      }
+      // fp32 angles at positions up to 4k lose ~1e-4 rad: allow a little over one rounding.
+      EXPECT_LT(RelErr(got, ref), 1.5 * Tol(dt)) << "n=" << cs.n << " Hq=" << cs.Hq;
+    }
+  }
+}
+
+TEST(Kernels, SiluGateGeluBias) {
+  std::mt19937 rng(4);
+  for (DType dt : kTypes) {
+    const int n = 5, F = 333;
+    auto in = RandomHalf(dt, static_cast<size_t>(n) * 2 * F, 2.f, rng);
+    auto bias = RandomHalf(dt, F, 1.f, rng);
+    DeviceBuffer<uint16_t> din(in.h.size()), dout(static_cast<size_t>(n) * F), db(F);
+    CUDA_OK(din.Upload(in.h));
+    CUDA_OK(db.Upload(bias.h));
+    CUDA_OK(dout.Poison());
+    CUDA_OK(SiluGate(dt, din.get(), n, F, dout.get(), nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    auto out = ToFloat(dt, dout.Download());
+    std::vector<double> ref(out.size());
+    for (int r = 0; r < n; ++r)
+      for (int j = 0; j < F; ++j) {
+        const double g = in.f[r * 2 * F + j], u = in.f[r * 2 * F + F + j];
+        ref[r * F + j] = g / (1 + std::exp(-g)) * u;
+      }
+    EXPECT_LT(RelErr(out, ref), Tol(dt)) << "silu";
+    // GELU in place on the first n*F values of `in`, then a bias add.
+    CUDA_OK(GeluInPlace(dt, din.get(), n, F, nullptr));
+    CUDA_OK(AddBias(dt, din.get(), db.get(), n, F, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    auto g = ToFloat(dt, din.Download());
+    g.resize(static_cast<size_t>(n) * F);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double x = in.f[i];
+      ref[i] = 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))) + bias.f[i % F];
+    }
+    EXPECT_LT(RelErr(g, ref), 2 * Tol(dt)) << "gelu+bias";
+  }
+}
+
+TEST(Kernels, GemmLinear) {
+  std::mt19937 rng(5);
+  Gemm gemm;
+  ASSERT_EQ(gemm.Init(32 << 20), CUBLAS_STATUS_SUCCESS);
+  for (int use_gemv = 0; use_gemv < 2; ++use_gemv)
+  for (DType dt : kTypes) {
+    gemm.set_use_gemv(use_gemv != 0);
+    struct Case { int n, in, out; };
+    for (Case cs : {Case{1, 4096, 1000}, Case{3, 520, 264}, Case{4, 4544, 71}, Case{2, 11008, 33},
+                    Case{37, 520, 264}, Case{300, 128, 72}}) {
+      auto x = RandomHalf(dt, static_cast<size_t>(cs.n) * cs.in, 1.f, rng);
+      auto w = RandomHalf(dt, static_cast<size_t>(cs.out) * cs.in, 0.05f, rng);
+      std::vector<float> y0(static_cast<size_t>(cs.n) * cs.out);
+      std::normal_distribution<float> nd(0.f, 1.f);
+      for (auto& v : y0) v = nd(rng);
+      DeviceBuffer<uint16_t> dx(x.h.size()), dw(w.h.size()), dyh(y0.size());
+      DeviceBuffer<float> dyf(y0.size());
+      CUDA_OK(dx.Upload(x.h));
+      CUDA_OK(dw.Upload(w.h));
+      CUDA_OK(dyf.Upload(y0));
+      CUDA_OK(dyh.Poison());
+      ASSERT_EQ(gemm.Linear(dt, dx.get(), dw.get(), cs.n, cs.in, cs.out, dyh.get(), GemmOut::kSame,
+                            0.f, nullptr), CUBLAS_STATUS_SUCCESS);
+      ASSERT_EQ(gemm.Linear(dt, dx.get(), dw.get(), cs.n, cs.in, cs.out, dyf.get(), GemmOut::kF32,
+                            1.f, nullptr), CUBLAS_STATUS_SUCCESS);
+      CUDA_OK(cudaDeviceSynchronize());
+      std::vector<double> ref(y0.size()), ref_acc(y0.size());
+      for (int r = 0; r < cs.n; ++r)
+        for (int o = 0; o < cs.out; ++o) {
+          double acc = 0;
+          for (int i = 0; i < cs.in; ++i)
+            acc += static_cast<double>(x.f[static_cast<size_t>(r) * cs.in + i]) * w.f[static_cast<size_t>(o) * cs.in + i];
+          ref[r * cs.out + o] = acc;
+          ref_acc[r * cs.out + o] = acc + y0[r * cs.out + o];
+        }
+      EXPECT_LT(RelErr(ToFloat(dt, dyh.Download()), ref), Tol(dt))
+          << cs.n << "x" << cs.in << "x" << cs.out << " gemv " << use_gemv;
+      EXPECT_LT(RelErr(dyf.Download(), ref_acc), 1e-4) << "fp32 accumulate " << cs.n;
+    }
+  }
+}
+
+// CPU reference attention: queries at positions s + i over keys [0, s + i] (window).
+std::vector<double> RefAttention(const std::vector<float>& q, const std::vector<float>& k,
+                                 const std::vector<float>& v, int n, int s, int Hq, int Hkv, int D,
+                                 int window, const std::vector<int>* qpos = nullptr) {
+  std::vector<double> out(static_cast<size_t>(n) * Hq * D);
+  const int G = Hq / Hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  std::vector<double> sc;
+  for (int i = 0; i < n; ++i) {
+    const int p = qpos ? (*qpos)[i] : s + i;
+    const int lo = window > 0 ? std::max(0, p - window + 1) : 0;
+    for (int h = 0; h < Hq; ++h) {
+      const int hk = h / G;
+      sc.assign(p + 1 - lo, 0.0);
+      double mx = -1e300;
+      for (int j = lo; j <= p; ++j) {
+        double acc = 0;
+        for (int d = 0; d < D; ++d)
+          acc += static_cast<double>(q[(static_cast<size_t>(i) * Hq + h) * D + d]) *
+                 k[(static_cast<size_t>(j) * Hkv + hk) * D + d];
+        sc[j - lo] = acc * scale;
+        mx = std::max(mx, sc[j - lo]);
+      }
+      double sum = 0;
+      for (auto& x : sc) sum += (x = std::exp(x - mx));
+      for (int d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int j = lo; j <= p; ++j) acc += sc[j - lo] * v[(static_cast<size_t>(j) * Hkv + hk) * D + d];
+        out[(static_cast<size_t>(i) * Hq + h) * D + d] = acc / sum;
+      }
+    }
+  }
+  return out;
+}
+
+struct AttnCase { int n, s, Hq, Hkv, D, window; };
+
+TEST(Kernels, PrefillAttention) {
+  std::mt19937 rng(6);
+  const AttnCase cases[] = {
+      {1, 0, 4, 4, 128, 0},       // one token, no prefix
+      {1, 777, 8, 2, 128, 0},     // one-token chunk at an offset
+      {37, 0, 4, 1, 64, 0},       // odd length, MQA
+      {200, 333, 8, 2, 128, 0},   // GQA, prefix not a tile multiple
+      {129, 1000, 4, 4, 128, 0},  // one past a query tile
+      {70, 50, 71, 1, 64, 0},     // Falcon-like 71 heads sharing one K/V head
+      {300, 100, 4, 2, 64, 0},    // D=64 several tiles
+      {150, 200, 4, 2, 128, 97},  // sliding window
+      {256, 0, 2, 2, 128, 64},    // window of exactly one key tile
+  };
+  for (DType dt : kTypes) {
+    for (const AttnCase& c : cases) {
+      const int N = c.s + c.n, cap = N + 13;
+      auto q = RandomHalf(dt, static_cast<size_t>(c.n) * c.Hq * c.D, 1.f, rng);
+      auto k = RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng);
+      auto v = RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng);
+      // Rows past the visible keys are NaN: a kernel that reads them fails.
+      for (size_t i = static_cast<size_t>(N) * c.Hkv * c.D; i < k.h.size(); ++i) k.h[i] = v.h[i] = 0xffff;
+      DeviceBuffer<uint16_t> dq(q.h.size()), dk(k.h.size()), dv(v.h.size()), dout(q.h.size());
+      CUDA_OK(dq.Upload(q.h));
+      CUDA_OK(dk.Upload(k.h));
+      CUDA_OK(dv.Upload(v.h));
+      CUDA_OK(dout.Poison());
+      PrefillAttnParams p;
+      p.q = dq.get(); p.k = dk.get(); p.v = dv.get(); p.out = dout.get();
+      p.n = c.n; p.s = c.s; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.window = c.window;
+      p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+      auto ref = RefAttention(q.f, k.f, v.f, c.n, c.s, c.Hq, c.Hkv, c.D, c.window);
+      for (int warps : {4, 8}) {
+        CUDA_OK(dout.Poison());
+        p.warps = warps;
+        CUDA_OK(PrefillAttention(dt, p, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        auto out = ToFloat(dt, dout.Download());
+        EXPECT_LT(RelErr(out, ref), 2 * Tol(dt))
+            << (dt == DType::kBF16 ? "bf16" : "fp16") << " n=" << c.n << " s=" << c.s << " Hq=" << c.Hq
+            << " Hkv=" << c.Hkv << " D=" << c.D << " W=" << c.window << " warps=" << warps;
+      }
+    }
+  }
+}
+
+TEST(Kernels, DecodeAttention) {
+  std::mt19937 rng(7);
+  struct Case { std::vector<int> lens; int Hq, Hkv, D, window, splits; };
+  const Case cases[] = {
+      {{1, 300, 5000}, 8, 2, 128, 0, 16},
+      {{4097}, 32, 32, 128, 0, 4},
+      {{63, 64, 65}, 71, 1, 64, 0, 128},
+      {{3000, 10}, 4, 4, 64, 500, 8},
+      {{129}, 8, 8, 128, 0, 1},
+  };
+  for (DType dt : kTypes) {
+    for (const Case& c : cases) {
+      const int B = static_cast<int>(c.lens.size());
+      auto q = RandomHalf(dt, static_cast<size_t>(B) * c.Hq * c.D, 1.f, rng);
+      std::vector<HalfData> ks, vs;
+      std::vector<DeviceBuffer<uint16_t>*> bufs;
+      std::vector<const void*> kt, vt;
+      for (int b = 0; b < B; ++b) {
+        const int cap = c.lens[b] + 7;
+        ks.push_back(RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng));
+        vs.push_back(RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng));
+        for (size_t i = static_cast<size_t>(c.lens[b]) * c.Hkv * c.D; i < ks[b].h.size(); ++i)
+          ks[b].h[i] = vs[b].h[i] = 0xffff;
+        auto* kb = new DeviceBuffer<uint16_t>(ks[b].h.size());
+        auto* vb = new DeviceBuffer<uint16_t>(vs[b].h.size());
+        CUDA_OK(kb->Upload(ks[b].h));
+        CUDA_OK(vb->Upload(vs[b].h));
+        bufs.push_back(kb);
+        bufs.push_back(vb);
+        kt.push_back(kb->get());
+        vt.push_back(vb->get());
+      }
+      DeviceBuffer<uint16_t> dq(q.h.size()), dout(q.h.size());
+      DeviceBuffer<const void*> dkt(B), dvt(B);
+      DeviceBuffer<int32_t> dlen(B);
+      DeviceBuffer<float> opart(static_cast<size_t>(B) * c.Hq * c.splits * c.D),
+          lpart(static_cast<size_t>(B) * c.Hq * c.splits);
+      CUDA_OK(dq.Upload(q.h));
+      CUDA_OK(dkt.Upload(kt));
+      CUDA_OK(dvt.Upload(vt));
+      std::vector<int32_t> lens(c.lens.begin(), c.lens.end());
+      CUDA_OK(dlen.Upload(lens));
+      CUDA_OK(dout.Poison());
+      CUDA_OK(opart.Poison());
+      CUDA_OK(lpart.Poison());
+      DecodeAttnParams p;
+      p.q = dq.get(); p.k_table = dkt.get(); p.v_table = dvt.get(); p.len = dlen.get();
+      p.out = dout.get(); p.o_part = opart.get(); p.lse_part = lpart.get();
+      p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.splits = c.splits; p.window = c.window;
+      p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+      CUDA_OK(DecodeAttention(dt, p, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      auto out = ToFloat(dt, dout.Download());
+      std::vector<float> got;
+      std::vector<double> ref;
+      for (int b = 0; b < B; ++b) {
+        std::vector<float> qb(q.f.begin() + static_cast<size_t>(b) * c.Hq * c.D,
+                              q.f.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
+        std::vector<int> qpos = {c.lens[b] - 1};
+        auto r = RefAttention(qb, ks[b].f, vs[b].f, 1, 0, c.Hq, c.Hkv, c.D, c.window, &qpos);
+        ref.insert(ref.end(), r.begin(), r.end());
+        got.insert(got.end(), out.begin() + static_cast<size_t>(b) * c.Hq * c.D,
+                   out.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
+      }
+      EXPECT_LT(RelErr(got, ref), 2 * Tol(dt)) << "B=" << B << " Hq=" << c.Hq << " D=" << c.D
+                                                << " splits=" << c.splits;
+      for (auto* bf : bufs) delete bf;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvr::testing
+
+KVR_GPU_TEST_MAIN()

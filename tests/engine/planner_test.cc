@@ -1,0 +1,101 @@
+// Planners and the cost model: plans are valid, even splits are even, the cost model prefers
+// larger early chunks for causal attention, and the search finds the brute-force optimum.
+#include "engine/prefill/cost_model.h"
+#include "engine/prefill/planner.h"
+#include "gtest/gtest.h"
+
+namespace kvr {
+namespace {
+
+TEST(EvenPlanner, SplitsEvenlyAndRotatesTheLastWorker) {
+  auto plan = EvenPlanner().Plan(10, 4, 1);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->bounds, (std::vector<int>{0, 3, 6, 8, 10}));
+  EXPECT_EQ(plan->order, (std::vector<int>{2, 3, 0, 1}));
+  EXPECT_EQ(plan->last_worker(), 1);
+  EXPECT_TRUE(ValidatePlan(*plan, 4).ok());
+  EXPECT_EQ(plan->ToString(), "even chain C=10 [0,3)@2 [3,6)@3 [6,8)@0 [8,10)@1");
+}
+
+TEST(EvenPlanner, FewerTokensThanWorkersUsesFewerChunks) {
+  auto plan = EvenPlanner().Plan(2, 4, 3);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->num_chunks(), 2);
+  EXPECT_EQ(plan->last_worker(), 3);
+}
+
+TEST(FixedPlanner, RejectsSizesThatDoNotAddUp) {
+  EXPECT_EQ(FixedPlanner({3, 3}).Plan(7, 2, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FixedPlanner({3, 0, 4}).Plan(7, 3, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FixedPlanner({1, 1, 1}).Plan(3, 2, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Transfers, ChainForwardsThePrefixFanOutSendsOwnChunks) {
+  PrefillPlan plan = *FixedPlanner({4, 3, 2}).Plan(9, 3, 2);
+  auto chain = TransfersOf(plan);
+  ASSERT_EQ(chain.size(), 2u);
+  EXPECT_EQ(chain[1].from, 1);
+  EXPECT_EQ(chain[1].begin, 0);
+  EXPECT_EQ(chain[1].end, 7);
+  plan.topology = Topology::kFanOut;
+  auto fan = TransfersOf(plan);
+  ASSERT_EQ(fan.size(), 3u);  // 0->1, 0->2, 1->2
+  for (int k = 0; k < 3; ++k) {
+    int covered = 0;
+    for (const auto& t : fan) if (t.to == k) covered += t.end - t.begin;
+    EXPECT_EQ(covered, plan.chunk_begin(k));
+  }
+}
+
+LayerShape Llama7B() {
+  ModelConfig c;
+  c.hidden_size = 4096; c.num_layers = 32; c.num_q_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
+  c.intermediate_size = 11008; c.vocab_size = 32000;
+  return LayerShape::Of(c, 2);
+}
+
+TEST(CostModel, CausalAttentionMakesEarlyChunksLarger) {
+  DeviceCosts costs;
+  costs.gemm_flops_per_s = 600e12;
+  costs.attn_flops_per_s = 400e12;
+  costs.link_bytes_per_s = 300e9;
+  auto plan = CostModelPlanner(Llama7B(), costs).Plan(16384, 4, 3);
+  ASSERT_TRUE(plan.ok());
+  for (int k = 0; k + 1 < 4; ++k) {
+    EXPECT_GT(plan->chunk_end(k) - plan->chunk_begin(k), plan->chunk_end(k + 1) - plan->chunk_begin(k + 1))
+        << plan->ToString();
+  }
+  const double even = SimulatePrefill(Llama7B(), costs, {4096, 4096, 4096, 4096}, Topology::kChain);
+  std::vector<int> sizes;
+  for (int k = 0; k < 4; ++k) sizes.push_back(plan->chunk_end(k) - plan->chunk_begin(k));
+  EXPECT_LT(SimulatePrefill(Llama7B(), costs, sizes, Topology::kChain), even);
+}
+
+TEST(CostModel, OneWorkerIsLayersTimesTheChunkCost) {
+  DeviceCosts costs;
+  costs.layer_overhead_s = 0;
+  const LayerShape s = Llama7B();
+  const double n = 1000;
+  const double expected = s.num_layers * (n * (s.gemm_flops_qkv + s.gemm_flops_rest) / costs.gemm_flops_per_s +
+                                          n * (n + 1) / 2 * s.attn_flops_per_pair / costs.attn_flops_per_s);
+  EXPECT_NEAR(SimulatePrefill(s, costs, {1000}, Topology::kChain), expected, expected * 1e-12);
+}
+
+TEST(SplitSearch, FindsTheBruteForceOptimumOfAConvexCost) {
+  // Cost: max over chunks of a causal-attention-like cost; brute force over all 3-way splits of 60.
+  auto cost = [](const std::vector<int>& sizes) {
+    double worst = 0, start = 0;
+    for (int n : sizes) { worst = std::max(worst, n + 0.05 * n * (start + n / 2.0)); start += n; }
+    return worst;
+  };
+  double best = 1e18;
+  for (int a = 1; a < 60; ++a)
+    for (int b = 1; a + b < 60; ++b) best = std::min(best, cost({a, b, 60 - a - b}));
+  int evals = 0;
+  auto found = SearchSplit(60, 3, cost, 1, {}, &evals);
+  EXPECT_NEAR(cost(found), best, 1e-9);
+  EXPECT_LT(evals, 200);  // far fewer than the 1711 brute-force evaluations
+}
+
+}  // namespace
+}  // namespace kvr

@@ -1,0 +1,308 @@
+// kvr_cuda_bench: single-GPU benchmarks of the CUDA backend on random weights (no checkpoint).
+//
+//   kvr_cuda_bench [--shape llama2-7b|llama3-8b|mistral-7b|falcon-7b] [--layers N]
+//                  [--prefill 4096,8192,16384,32768] [--attn 4096,...] [--decode 4096,32768]
+//                  [--reps 5] [--dtype bf16|fp16] [--out bench.json]
+//
+// Measures, each the median of --reps after warm-ups:
+//   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
+//            through the same cuBLASLt wrapper the runner uses;
+//   prefill  TTFT of one chunk of C tokens (host clock from an idle device to the logits on the
+//            host), with FLOPs and the fraction of the measured matmul rate;
+//   attn     the prefill attention kernel alone (causal, s = 0), CUDA events, TFLOP/s;
+//   decode   inter-token latency at batch 1 with a cache of C tokens (host clock per Decode call,
+//            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_runner.h"
+#include "kernels/activation.cuh"
+#include "kernels/attention_prefill.cuh"
+#include "kernels/gemm.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace K = kvr::kernels;
+
+std::vector<int> Ints(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ',')) if (!x.empty()) v.push_back(std::atoi(x.c_str()));
+  return v;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+void Check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+template <typename S>
+void Check(const S& st, const char* what) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, std::string(st.message()).c_str());
+    std::exit(1);
+  }
+}
+
+kvr::ModelConfig Shape(const std::string& name) {
+  kvr::ModelConfig c;
+  c.arch = kvr::Architecture::kLlama;
+  c.model_type = "llama";
+  c.vocab_size = 32000;
+  c.hidden_size = 4096;
+  c.num_layers = 32;
+  c.num_q_heads = 32;
+  c.num_kv_heads = 32;
+  c.head_dim = 128;
+  c.intermediate_size = 11008;
+  c.max_position = 131072;
+  if (name == "llama3-8b") {
+    c.vocab_size = 128256;
+    c.num_kv_heads = 8;
+    c.intermediate_size = 14336;
+    c.rope.theta = 500000.f;
+    c.rope.scaling = kvr::RopeConfig::Scaling::kLlama3;
+    c.rope.factor = 8.f;
+  } else if (name == "mistral-7b") {
+    c.arch = kvr::Architecture::kMistral;
+    c.num_kv_heads = 8;
+    c.intermediate_size = 14336;
+  } else if (name == "falcon-7b") {
+    c.arch = kvr::Architecture::kFalcon;
+    c.vocab_size = 65024;
+    c.hidden_size = 4544;
+    c.num_q_heads = 71;
+    c.num_kv_heads = 1;
+    c.head_dim = 64;
+    c.intermediate_size = 4 * 4544;
+    c.norm = kvr::NormKind::kLayerNorm;
+    c.mlp = kvr::MlpKind::kGelu;
+    c.parallel_attn_mlp = true;
+  } else if (name != "llama2-7b") {
+    std::fprintf(stderr, "unknown shape %s\n", name.c_str());
+    std::exit(2);
+  }
+  return c;
+}
+
+// FLOPs of a prefill of n tokens from position 0: linear layers on every token, attention over
+// the causal triangle (2 products of 2*D each per visible (query, key) pair), lm_head on one row.
+double PrefillFlops(const kvr::ModelConfig& c, double n) {
+  const double C = c.hidden_size, E = c.qkv_dim(), QD = c.q_dim(), F = c.intermediate_size;
+  const double U = c.mlp == kvr::MlpKind::kSiluGate ? 2 * F : F;
+  const double lin = 2 * n * (C * E + QD * C + C * U + F * C);
+  const double att = 4.0 * c.num_q_heads * c.head_dim * n * (n + 1) / 2;
+  return c.num_layers * (lin + att) + 2.0 * C * c.vocab_size;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shape = "llama2-7b", out_path, dtype = "bf16";
+  std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
+  int layers = 0, reps = 5;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--shape") shape = next();
+    else if (a == "--layers") layers = std::atoi(next().c_str());
+    else if (a == "--prefill") prefill_s = next();
+    else if (a == "--attn") attn_s = next();
+    else if (a == "--decode") decode_s = next();
+    else if (a == "--reps") reps = std::atoi(next().c_str());
+    else if (a == "--dtype") dtype = next();
+    else if (a == "--out") out_path = next();
+    else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
+  }
+  if (kvr::CudaDeviceCount() == 0) { std::fprintf(stderr, "no CUDA device\n"); return 1; }
+  kvr::ModelConfig cfg = Shape(shape);
+  if (layers > 0) cfg.num_layers = layers;
+  const K::DType kdt = dtype == "fp16" ? K::DType::kF16 : K::DType::kBF16;
+  nlohmann::json out;
+  cudaDeviceProp prop{};
+  Check(cudaGetDeviceProperties(&prop, 0), "props");
+  out["device"] = prop.name;
+  out["shape"] = shape;
+  out["config"] = cfg.Summary();
+  out["dtype"] = dtype;
+  cudaStream_t stream;
+  Check(cudaStreamCreate(&stream), "stream");
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  auto event_ms = [&](auto&& fn, int warm, int n) {
+    for (int i = 0; i < warm; ++i) fn();
+    std::vector<double> t;
+    for (int i = 0; i < n; ++i) {
+      cudaEventRecord(e0, stream);
+      fn();
+      cudaEventRecord(e1, stream);
+      Check(cudaEventSynchronize(e1), "event");
+      float m = 0;
+      cudaEventElapsedTime(&m, e0, e1);
+      t.push_back(m);
+    }
+    return Median(t);
+  };
+
+  // ---- floors: copy bandwidth and matmul rate ----
+  double copy_gbs = 0, gemm_tflops = 0;
+  {
+    const size_t bytes = 2ull << 30;
+    void *a = nullptr, *b = nullptr;
+    Check(cudaMalloc(&a, bytes), "malloc");
+    Check(cudaMalloc(&b, bytes), "malloc");
+    Check(K::FillUniform(kdt, a, bytes / 2, 1.f, 3, stream), "fill");
+    const double t = event_ms([&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream); }, 2, 10);
+    copy_gbs = 2.0 * bytes / (t * 1e-3) / 1e9;
+    cudaFree(a);
+    cudaFree(b);
+    const int M = 8192;
+    void *x, *w, *y;
+    Check(cudaMalloc(&x, 2ull * M * M), "malloc");
+    Check(cudaMalloc(&w, 2ull * M * M), "malloc");
+    Check(cudaMalloc(&y, 2ull * M * M), "malloc");
+    Check(K::FillUniform(kdt, x, 1ull * M * M, 1.f, 4, stream), "fill");
+    Check(K::FillUniform(kdt, w, 1ull * M * M, 1.f, 5, stream), "fill");
+    K::Gemm gemm;
+    if (gemm.Init() != CUBLAS_STATUS_SUCCESS) { std::fprintf(stderr, "gemm init\n"); return 1; }
+    const double tg = event_ms([&] { gemm.Linear(kdt, x, w, M, M, M, y, K::GemmOut::kSame, 0.f, stream); }, 3, 10);
+    gemm_tflops = 2.0 * M * M * M / (tg * 1e-3) / 1e12;
+    // Decode-shaped products (one row): cuBLASLt against the GEMV kernel, in GB/s of weights.
+    const int shapes[][2] = {{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}};
+    for (auto& s : shapes) {
+      for (int g = 0; g < 2; ++g) {
+        gemm.set_use_gemv(g == 1);
+        const double t1 = event_ms([&] { gemm.Linear(kdt, x, w, 1, s[0], s[1], y, K::GemmOut::kSame, 0.f, stream); }, 3, 20);
+        const double gbs = 2.0 * s[0] * s[1] / (t1 * 1e-3) / 1e9;
+        out["gemv"].push_back({{"in", s[0]}, {"out", s[1]}, {"impl", g ? "gemv" : "cublaslt"}, {"us", t1 * 1e3}, {"GBps", gbs}});
+        std::printf("1-row product %5d -> %5d %-8s %7.1f us  %6.0f GB/s\n", s[0], s[1], g ? "gemv" : "cublaslt", t1 * 1e3, gbs);
+      }
+    }
+    cudaFree(x);
+    cudaFree(w);
+    cudaFree(y);
+  }
+  out["copy_GBps"] = copy_gbs;
+  out["gemm_8192_TFLOPs"] = gemm_tflops;
+  std::printf("floors: copy %.0f GB/s (read+write), bf16 matmul 8192^3 %.0f TFLOP/s\n", copy_gbs, gemm_tflops);
+
+  // ---- attention kernel alone ----
+  for (int n : Ints(attn_s)) {
+    const size_t qn = static_cast<size_t>(n) * cfg.num_q_heads * cfg.head_dim;
+    const size_t kn = static_cast<size_t>(n) * cfg.num_kv_heads * cfg.head_dim;
+    void *q, *k, *v, *o;
+    Check(cudaMalloc(&q, qn * 2), "malloc");
+    Check(cudaMalloc(&o, qn * 2), "malloc");
+    Check(cudaMalloc(&k, kn * 2), "malloc");
+    Check(cudaMalloc(&v, kn * 2), "malloc");
+    K::FillUniform(kdt, q, qn, 1.f, 6, stream);
+    K::FillUniform(kdt, k, kn, 1.f, 7, stream);
+    K::FillUniform(kdt, v, kn, 1.f, 8, stream);
+    K::PrefillAttnParams p;
+    p.q = q; p.k = k; p.v = v; p.out = o; p.n = n; p.s = 0;
+    p.Hq = cfg.num_q_heads; p.Hkv = cfg.num_kv_heads; p.D = cfg.head_dim;
+    p.scale = 1.f / std::sqrt(static_cast<float>(cfg.head_dim));
+    for (int warps : {8, 4}) {
+      p.warps = warps;
+      const double t = event_ms([&] { Check(K::PrefillAttention(kdt, p, stream), "attn"); }, 2, reps);
+      const double fl = 4.0 * cfg.num_q_heads * cfg.head_dim * double(n) * (n + 1) / 2;
+      out["attn"].push_back({{"ctx", n}, {"warps", warps}, {"ms", t}, {"TFLOPs", fl / (t * 1e-3) / 1e12}});
+      std::printf("attn  ctx %6d, %d warps: %8.3f ms  %6.1f TFLOP/s (causal, one layer, all heads)\n", n, warps, t,
+                  fl / (t * 1e-3) / 1e12);
+    }
+    cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
+  }
+
+  // ---- whole model ----
+  kvr::CudaRunnerOptions opt;
+  opt.dtype = dtype == "fp16" ? kvr::DType::kF16 : kvr::DType::kBF16;
+  auto runner_or = kvr::MakeRandomCudaRunner(cfg, 0, opt, 11);
+  Check(runner_or.status(), "runner");
+  kvr::ModelRunner& r = **runner_or;
+  const kvr::MemoryReport mem = r.memory();
+  out["weights_bytes"] = mem.weights_bytes;
+  std::printf("model %s: weights %.2f GiB\n", cfg.Summary().c_str(), mem.weights_bytes / 1073741824.0);
+  std::vector<float> logits;
+  for (int n : Ints(prefill_s)) {
+    auto cache = r.NewKvCache(n);
+    if (!cache.ok()) {
+      out["prefill"].push_back({{"ctx", n}, {"error", std::string(cache.status().message())}});
+      std::printf("prefill ctx %d: %s\n", n, std::string(cache.status().message()).c_str());
+      continue;
+    }
+    std::vector<int32_t> toks(n);
+    for (int i = 0; i < n; ++i) toks[i] = (i * 7919 + 13) % cfg.vocab_size;
+    std::vector<double> t;
+    for (int rep = 0; rep < reps + 2; ++rep) {
+      Check(r.Synchronize(), "sync");
+      const auto t0 = Clock::now();
+      auto chunk = r.BeginChunk(toks, 0, **cache);
+      Check(chunk.status(), "begin");
+      for (int l = 0; l < cfg.num_layers; ++l) {
+        Check(r.LayerQkv(**chunk, l), "qkv");
+        Check(r.LayerAttnMlp(**chunk, l), "attnmlp");
+      }
+      Check(r.FinishChunk(**chunk, &logits), "finish");
+      if (rep >= 2) t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    const double ms = Median(t), fl = PrefillFlops(cfg, n);
+    const double tf = fl / (ms * 1e-3) / 1e12;
+    out["prefill"].push_back({{"ctx", n}, {"ttft_ms", ms}, {"all_ms", t}, {"flop", fl}, {"TFLOPs", tf},
+                              {"frac_of_gemm_rate", tf / gemm_tflops}});
+    std::printf("prefill ctx %6d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate\n", n, ms,
+                fl, tf, tf / gemm_tflops);
+  }
+  // Decode ITL at batch 1 with a cache of n tokens (random K/V), the step appending at n.
+  for (int n : Ints(decode_s)) {
+    auto cache = r.NewKvCache(n + 1);
+    if (!cache.ok()) {
+      std::printf("decode ctx %d: %s\n", n, std::string(cache.status().message()).c_str());
+      continue;
+    }
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      const kvr::KvLayerView v = (*cache)->layer(l);
+      const size_t cnt = static_cast<size_t>(n + 1) * v.bytes_per_token / 2;
+      Check(K::FillUniform(kdt, v.k, cnt, 1.f, 100 + l, stream), "fill");
+      Check(K::FillUniform(kdt, v.v, cnt, 1.f, 200 + l, stream), "fill");
+    }
+    Check(cudaStreamSynchronize(stream), "sync");
+    std::vector<double> t;
+    for (int rep = 0; rep < 20 + 3; ++rep) {
+      const auto t0 = Clock::now();
+      kvr::DecodeSlot slot{cache->get(), 17, n};
+      Check(r.Decode({slot}, &logits), "decode");
+      if (rep >= 3) t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    const double ms = Median(t);
+    const size_t embed_bytes = static_cast<size_t>(cfg.vocab_size) * cfg.hidden_size * 2;
+    const double bytes = double(mem.weights_bytes - (cfg.tie_word_embeddings ? 0 : embed_bytes)) +
+                         2.0 * cfg.num_layers * double(n + 1) * cfg.kv_dim() * 2;
+    const double floor_ms = bytes / (copy_gbs * 1e9) * 1e3;
+    out["decode"].push_back({{"ctx", n}, {"itl_ms", ms}, {"floor_ms", floor_ms}, {"ratio", ms / floor_ms},
+                             {"bytes", bytes}});
+    std::printf("decode ctx %6d: ITL %7.3f ms  floor %7.3f ms (%.2f GB at %.0f GB/s)  ratio %.2f\n", n, ms,
+                floor_ms, bytes / 1e9, copy_gbs, ms / floor_ms);
+  }
+  if (!out_path.empty()) std::ofstream(out_path) << out.dump(1) << "\n";
+  return 0;
+}
