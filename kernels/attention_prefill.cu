@@ -22,9 +22,13 @@ __device__ __forceinline__ int Swz(int row, int col) {  // element offset in a (
   return row * D + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
 }
 
-template <typename T, int D, int kWarps>
+// kMT = m-tiles (16 query rows each) per warp. kMT == 1: Q fragments stay in registers for the
+// whole key loop. kMT == 2: each K/V fragment read from shared memory feeds two m-tiles (half the
+// shared-memory traffic per product), and Q fragments are re-read from shared memory per tile to
+// stay within 255 registers.
+template <typename T, int D, int kWarps, int kMT>
 __global__ void __launch_bounds__(kWarps * 32, 1) PrefillAttnKernel(PrefillAttnParams p) {
-  constexpr int kBr = 16 * kWarps;
+  constexpr int kBr = 16 * kMT * kWarps;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -75,15 +79,21 @@ __global__ void __launch_bounds__(kWarps * 32, 1) PrefillAttnKernel(PrefillAttnP
   CpAsyncCommit();
 
   const float scale_log2 = p.scale * 1.4426950408889634f;
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
+  constexpr int kQRegs = kMT == 1 ? D / 16 : 1;
+  uint32_t qf[kQRegs][4];
+  float o[kMT][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};  // rows g and g + 8 (in log2 units, scaled)
-  float l_run[2] = {0.f, 0.f};
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+  float m_run[kMT][2], l_run[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.f;
+  }
   const int g = lane >> 2, t4 = lane & 3;
-  const int row0 = warp * 16 + g;  // block-local rows row0 and row0 + 8
-  const int qpos0 = first_pos + row0, qpos1 = qpos0 + 8;
+  const int wrow = warp * 16 * kMT;  // block-local first row of this warp
 
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it & 1;
@@ -95,134 +105,167 @@ __global__ void __launch_bounds__(kWarps * 32, 1) PrefillAttnKernel(PrefillAttnP
       CpAsyncWait<0>();
     }
     __syncthreads();
-    if (it == 0) {
+    if constexpr (kMT == 1) {
+      if (it == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const int r = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-        LdMatrixX4(qf[kk], sQ + Swz<D>(r, col));
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const int r = wrow + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+          LdMatrixX4(qf[kk], sQ + Swz<D>(r, col));
+        }
       }
     }
     const T* tk = sK + buf * kBc * D;
     const T* tv = sV + buf * kBc * D;
     const int j0 = kbeg + it * kBc;
 
-    // S = Q K^T: 16 x 64 per warp.
-    float sacc[kBc / 8][4];
+    // S = Q K^T: (16 kMT) x 64 per warp.
+    float sacc[kMT][kBc / 8][4];
 #pragma unroll
-    for (int i = 0; i < kBc / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int i = 0; i < kBc / 8; ++i) sacc[mt][i][0] = sacc[mt][i][1] = sacc[mt][i][2] = sacc[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if constexpr (kMT == 1) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) qa[mt][e] = qf[kk][e];
+        } else {
+          const int r = wrow + mt * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+          LdMatrixX4(qa[mt], sQ + Swz<D>(r, col));
+        }
+      }
 #pragma unroll
       for (int nt = 0; nt < kBc / 8; nt += 2) {
         uint32_t b[4];
         const int r = nt * 8 + (lane & 7) + ((lane >> 4) << 3);
         const int col = kk * 16 + ((lane >> 3) & 1) * 8;
         LdMatrixX4(b, tk + Swz<D>(r, col));
-        Mma16816<T>(sacc[nt], qf[kk], b[0], b[1]);
-        Mma16816<T>(sacc[nt + 1], qf[kk], b[2], b[3]);
-      }
-    }
-
-    // Mask (only tiles that cross the diagonal, the window edge or the end of the keys).
-    const bool need_mask = (j0 + kBc - 1 > first_pos) ||
-                           (p.window > 0 && j0 <= last_pos - p.window);
-    if (need_mask) {
 #pragma unroll
-      for (int nt = 0; nt < kBc / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
-          const int qp = (e < 2) ? qpos0 : qpos1;
-          const bool vis = j <= qp && (p.window <= 0 || qp - j < p.window);
-          if (!vis) sacc[nt][e] = -INFINITY;
+        for (int mt = 0; mt < kMT; ++mt) {
+          Mma16816<T>(sacc[mt][nt], qa[mt], b[0], b[1]);
+          Mma16816<T>(sacc[mt][nt + 1], qa[mt], b[2], b[3]);
         }
       }
     }
 
-    // Online softmax, rows g (e = 0, 1) and g + 8 (e = 2, 3).
-    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < kBc / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(sacc[nt][0], sacc[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(sacc[nt][2], sacc[nt][3]));
-    }
-    float alpha[2], msub[2];
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int row0 = wrow + mt * 16 + g;
+      const int qpos0 = first_pos + row0, qpos1 = qpos0 + 8;
+      const int wfirst = first_pos + wrow + mt * 16;  // first position of this m-tile
+      // Mask (only tiles that cross the diagonal, the window edge or the end of the keys).
+      const bool need_mask = (j0 + kBc - 1 > wfirst) ||
+                             (p.window > 0 && j0 <= wfirst + 15 - p.window);
+      if (need_mask) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m_run[r], mx[r] * scale_log2);
-      msub[r] = (m_new == -INFINITY) ? 0.f : m_new;
-      alpha[r] = FastExp2(m_run[r] - msub[r]);
-      m_run[r] = m_new;
-      l_run[r] *= alpha[r];
-    }
+        for (int nt = 0; nt < kBc / 8; ++nt) {
 #pragma unroll
-    for (int nt = 0; nt < kBc / 8; ++nt) {
-      sacc[nt][0] = FastExp2(sacc[nt][0] * scale_log2 - msub[0]);
-      sacc[nt][1] = FastExp2(sacc[nt][1] * scale_log2 - msub[0]);
-      sacc[nt][2] = FastExp2(sacc[nt][2] * scale_log2 - msub[1]);
-      sacc[nt][3] = FastExp2(sacc[nt][3] * scale_log2 - msub[1]);
-      l_run[0] += sacc[nt][0] + sacc[nt][1];
-      l_run[1] += sacc[nt][2] + sacc[nt][3];
-    }
+          for (int e = 0; e < 4; ++e) {
+            const int j = j0 + nt * 8 + 2 * t4 + (e & 1);
+            const int qp = (e < 2) ? qpos0 : qpos1;
+            const bool vis = j <= qp && (p.window <= 0 || qp - j < p.window);
+            if (!vis) sacc[mt][nt][e] = -INFINITY;
+          }
+        }
+      }
+      // Online softmax, rows g (e = 0, 1) and g + 8 (e = 2, 3).
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
+      for (int nt = 0; nt < kBc / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(sacc[mt][nt][0], sacc[mt][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(sacc[mt][nt][2], sacc[mt][nt][3]));
+      }
+      float alpha[2], msub[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m_run[mt][r], mx[r] * scale_log2);
+        msub[r] = (m_new == -INFINITY) ? 0.f : m_new;
+        alpha[r] = FastExp2(m_run[mt][r] - msub[r]);
+        m_run[mt][r] = m_new;
+        l_run[mt][r] *= alpha[r];
+      }
+#pragma unroll
+      for (int nt = 0; nt < kBc / 8; ++nt) {
+        sacc[mt][nt][0] = FastExp2(sacc[mt][nt][0] * scale_log2 - msub[0]);
+        sacc[mt][nt][1] = FastExp2(sacc[mt][nt][1] * scale_log2 - msub[0]);
+        sacc[mt][nt][2] = FastExp2(sacc[mt][nt][2] * scale_log2 - msub[1]);
+        sacc[mt][nt][3] = FastExp2(sacc[mt][nt][3] * scale_log2 - msub[1]);
+        l_run[mt][0] += sacc[mt][nt][0] + sacc[mt][nt][1];
+        l_run[mt][1] += sacc[mt][nt][2] + sacc[mt][nt][3];
+      }
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[mt][i][0] *= alpha[0];
+        o[mt][i][1] *= alpha[0];
+        o[mt][i][2] *= alpha[1];
+        o[mt][i][3] *= alpha[1];
+      }
     }
 
     // O += P V.
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = Pack2<T>(sacc[2 * kk][0], sacc[2 * kk][1]);
-      a[1] = Pack2<T>(sacc[2 * kk][2], sacc[2 * kk][3]);
-      a[2] = Pack2<T>(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-      a[3] = Pack2<T>(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        a[mt][0] = Pack2<T>(sacc[mt][2 * kk][0], sacc[mt][2 * kk][1]);
+        a[mt][1] = Pack2<T>(sacc[mt][2 * kk][2], sacc[mt][2 * kk][3]);
+        a[mt][2] = Pack2<T>(sacc[mt][2 * kk + 1][0], sacc[mt][2 * kk + 1][1]);
+        a[mt][3] = Pack2<T>(sacc[mt][2 * kk + 1][2], sacc[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt += 2) {
         uint32_t b[4];
         const int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int col = nt * 8 + (lane >> 4) * 8;
         LdMatrixX4Trans(b, tv + Swz<D>(r, col));
-        Mma16816<T>(o[nt], a, b[0], b[1]);
-        Mma16816<T>(o[nt + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Mma16816<T>(o[mt][nt], a[mt], b[0], b[1]);
+          Mma16816<T>(o[mt][nt + 1], a[mt], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }
 
   // Normalise and store.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-  }
-  const float inv0 = l_run[0] > 0.f ? 1.f / l_run[0] : 0.f;
-  const float inv1 = l_run[1] > 0.f ? 1.f / l_run[1] : 0.f;
   T* gout = static_cast<T*>(p.out) + static_cast<size_t>(m0) * q_stride + h * D;
 #pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt) {
-    const int col = nt * 8 + 2 * t4;
-    if (row0 < rows) {
-      *reinterpret_cast<uint32_t*>(gout + static_cast<size_t>(row0) * q_stride + col) =
-          Pack2<T>(o[nt][0] * inv0, o[nt][1] * inv0);
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], 1);
+      l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], 2);
     }
-    if (row0 + 8 < rows) {
-      *reinterpret_cast<uint32_t*>(gout + static_cast<size_t>(row0 + 8) * q_stride + col) =
-          Pack2<T>(o[nt][2] * inv1, o[nt][3] * inv1);
+    const float inv0 = l_run[mt][0] > 0.f ? 1.f / l_run[mt][0] : 0.f;
+    const float inv1 = l_run[mt][1] > 0.f ? 1.f / l_run[mt][1] : 0.f;
+    const int row0 = wrow + mt * 16 + g;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int col = nt * 8 + 2 * t4;
+      if (row0 < rows) {
+        *reinterpret_cast<uint32_t*>(gout + static_cast<size_t>(row0) * q_stride + col) =
+            Pack2<T>(o[mt][nt][0] * inv0, o[mt][nt][1] * inv0);
+      }
+      if (row0 + 8 < rows) {
+        *reinterpret_cast<uint32_t*>(gout + static_cast<size_t>(row0 + 8) * q_stride + col) =
+            Pack2<T>(o[mt][nt][2] * inv1, o[mt][nt][3] * inv1);
+      }
     }
   }
 }
 
-template <typename T, int D, int kWarps>
+template <typename T, int D, int kWarps, int kMT = 1>
 cudaError_t Launch(const PrefillAttnParams& p, cudaStream_t stream) {
-  constexpr int kBr = 16 * kWarps;
+  constexpr int kBr = 16 * kMT * kWarps;
   const size_t smem = (static_cast<size_t>(kBr) * D + 4 * kBc * D) * sizeof(T);
-  auto kernel = PrefillAttnKernel<T, D, kWarps>;
+  auto kernel = PrefillAttnKernel<T, D, kWarps, kMT>;
   KVR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
   dim3 grid((p.n + kBr - 1) / kBr, p.Hq);
@@ -236,10 +279,19 @@ cudaError_t PrefillAttention(DType dt, const PrefillAttnParams& p, cudaStream_t 
   if (p.n <= 0) return cudaSuccess;
   if (p.Hkv <= 0 || p.Hq % p.Hkv != 0 || (p.D != 64 && p.D != 128)) return cudaErrorInvalidValue;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
-    // 8 warps (128 queries a block) by default; short chunks use 4 so that more blocks run.
-    const bool four = p.warps == 4 || (p.warps == 0 && p.n <= 64);
-    if (p.D == 64) return four ? Launch<T, 64, 4>(p, stream) : Launch<T, 64, 8>(p, stream);
-    return four ? Launch<T, 128, 4>(p, stream) : Launch<T, 128, 8>(p, stream);
+    // variant 1: 8 warps x 16 rows (128 queries a block); 2: 4 warps x 16 rows (64 queries,
+    // short chunks); 3: 4 warps x 32 rows (128 queries, K/V fragments shared by two m-tiles).
+    // Default by measurement (H100, Llama-7B attention, causal, docs/benchmarks.md): for D = 128,
+    // variant 3 ran 325 TFLOP/s at 32k and 311 at 16k against 289 / 280 for variant 1; D = 64 is
+    // not measured yet and keeps variant 1 (no spills either way). Chunks of <= 64 queries: 2.
+    int v = p.variant;
+    if (v == 0) v = p.n <= 64 ? 2 : (p.D == 128 ? 3 : 1);
+    if (p.D == 64) {
+      if (v == 3) return Launch<T, 64, 4, 2>(p, stream);
+      return v == 2 ? Launch<T, 64, 4>(p, stream) : Launch<T, 64, 8>(p, stream);
+    }
+    if (v == 3) return Launch<T, 128, 4, 2>(p, stream);
+    return v == 2 ? Launch<T, 128, 4>(p, stream) : Launch<T, 128, 8>(p, stream);
   });
 }
 

@@ -26,7 +26,9 @@ struct PrefillAttnParams {
   int Hq = 0, Hkv = 0, D = 0;
   int window = 0;           // key j visible to position p iff j <= p and p - j < window; 0 = no window
   float scale = 0.f;        // softmax scale, usually 1/sqrt(D)
-  int warps = 0;            // 4 or 8 warps a block (64 or 128 queries); 0 = chosen by n
+  // Kernel variant: 1 = 8 warps x 16 query rows, 2 = 4 warps x 16 rows, 3 = 4 warps x 32 rows;
+  // 0 = the default for n (see attention_prefill.cu).
+  int variant = 0;
 };
 
 // Supported: D in {64, 128}; Hq % Hkv == 0. Returns cudaErrorInvalidValue otherwise.

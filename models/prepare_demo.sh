@@ -44,9 +44,8 @@ install_tokenizer() {
     return 0
   fi
   local shared="$CACHE/tokenizer-data/llama2/tokenizer.json"  # made by tests/tokenizer/fetch_test_data.sh
-  local work
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' RETURN
+  trap 'rm -rf "$work"' EXIT
   if [ -s "$shared" ] && { [ -z "$TOKENIZER_SHA256" ] || [ "$(sha256 "$shared")" = "$TOKENIZER_SHA256" ]; }; then
     cp "$shared" "$work/tokenizer.json"
   else

@@ -189,10 +189,11 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   }
   drained = true;
   second.join();
-  // Streams have their final message queued; give the writes a moment, then cancel leftovers.
-  KVR_LOG(INFO) << "requests drained; stopping the gRPC server";
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  KVR_LOG(INFO) << "gRPC server shut down";
+  // Every stream has its final message queued: give slow readers up to 5 s to take it, then
+  // cancel what is left (idle client connections would otherwise hold Shutdown to its deadline).
+  if (!service.WaitStreamsDone(absl::Seconds(5)))
+    KVR_LOG(WARNING) << service.active_streams() << " streams did not take their last message";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   server->Wait();
   scheduler.Stop();
   KVR_LOG(INFO) << "kvrd stopped";

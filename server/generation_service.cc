@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "engine/util/clock.h"
 #include "engine/util/log.h"
 
 namespace kvr {
@@ -103,6 +104,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateReactor(GenerationService* service, const v1::GenerateRequest* request)
       : service_(service), state_(std::make_shared<StreamState>()) {
+    service_->StreamStarted();
     {
       absl::MutexLock lock(&state_->mu);
       state_->reactor = this;
@@ -150,7 +152,9 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
       absl::MutexLock lock(&state_->mu);
       state_->reactor = nullptr;
     }
+    GenerationService* service = service_;
     delete this;
+    service->StreamDone();
   }
 
  private:
@@ -232,6 +236,7 @@ class StreamSink : public RequestSink {
 };
 
 void GenerateReactor::Begin(const v1::GenerateRequest& req) {
+  const auto arrival = SteadyClock::now();  // TTFT and queue time include tokenization
   const ServiceOptions& o = service_->options();
   if (absl::Status s = CheckGenerateRequest(req, o.limits); !s.ok()) return FinishNow(s);
   absl::StatusOr<SamplingParams> sampling = ToSamplingParams(req.sampling(), o.limits);
@@ -265,6 +270,7 @@ void GenerateReactor::Begin(const v1::GenerateRequest& req) {
   if (g.eos_ids.empty()) g.eos_ids = o.model->eos_token_ids;
   g.prompt = std::move(prompt);
   g.sink = std::make_shared<StreamSink>(state_);
+  g.arrival = arrival;
   {
     absl::MutexLock lock(&state_->mu);
     state_->submitted = true;  // the scheduler may stream before Submit returns
@@ -283,6 +289,27 @@ void GenerateReactor::Begin(const v1::GenerateRequest& req) {
 }  // namespace
 
 GenerationService::GenerationService(ServiceOptions options) : options_(std::move(options)) {}
+
+void GenerationService::StreamStarted() {
+  absl::MutexLock lock(&mu_);
+  ++active_streams_;
+}
+
+void GenerationService::StreamDone() {
+  absl::MutexLock lock(&mu_);
+  --active_streams_;
+}
+
+int GenerationService::active_streams() const {
+  absl::MutexLock lock(&mu_);
+  return active_streams_;
+}
+
+bool GenerationService::WaitStreamsDone(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_streams_ == 0; };
+  return mu_.AwaitWithTimeout(absl::Condition(&none), timeout);
+}
 
 void GenerationService::CountRejected(const absl::Status& status) {
   if (options_.metrics != nullptr) options_.metrics->OnRejected(status);

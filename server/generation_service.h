@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/model/model_config.h"
 #include "engine/serving/scheduler.h"
 #include "kvr/v1/kvr.grpc.pb.h"
@@ -53,9 +55,18 @@ class GenerationService final : public v1::Kvr::CallbackService {
   std::string NextRequestId() { return "kvr-" + std::to_string(next_id_.fetch_add(1) + 1); }
   void CountRejected(const absl::Status& status);
 
+  // Generate calls whose reactor is still alive (final message not yet delivered).
+  int active_streams() const;
+  // Waits until no Generate call is active; false on timeout.
+  bool WaitStreamsDone(absl::Duration timeout);
+  void StreamStarted();
+  void StreamDone();
+
  private:
   ServiceOptions options_;
   std::atomic<uint64_t> next_id_{0};
+  mutable absl::Mutex mu_;
+  int active_streams_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // absl -> gRPC status; the codes are the same numbers.

@@ -43,21 +43,44 @@ std::vector<prometheus::Counter*> PerWorker(prometheus::Registry& r, const std::
   return out;
 }
 
+std::vector<Histogram*> ByPromptBand(prometheus::Registry& r, const std::string& name,
+                                    const std::string& help) {
+  auto& family = prometheus::BuildHistogram().Name(name).Help(help).Register(r);
+  std::vector<Histogram*> out;
+  for (int b = 0; b < kNumPromptBands; ++b)
+    out.push_back(&family.Add({{"prompt_band", PromptBandName(b)}}, kLatencyBuckets));
+  return out;
+}
+
 }  // namespace
+
+int PromptBand(int n) {
+  if (n < 512) return 0;
+  if (n < 2048) return 1;
+  if (n < 8192) return 2;
+  if (n < 32768) return 3;
+  return 4;
+}
+
+const char* PromptBandName(int band) {
+  static const char* const kNames[kNumPromptBands] = {"<512", "512-2K", "2K-8K", "8K-32K",
+                                                      ">=32K"};
+  return band >= 0 && band < kNumPromptBands ? kNames[band] : kNames[kNumPromptBands - 1];
+}
 
 Metrics::Metrics(int num_workers) : registry_(std::make_shared<prometheus::Registry>()) {
   prometheus::Registry& r = *registry_;
-  ttft_ = MakeHistogram(r, "kvr_time_to_first_token_seconds",
-                        "Time from a request's arrival to its first token.", kLatencyBuckets);
+  ttft_ = ByPromptBand(r, "kvr_time_to_first_token_seconds",
+                       "Time from a request's arrival to its first token, by prompt length band.");
   itl_ = MakeHistogram(r, "kvr_inter_token_latency_seconds",
                        "Time between two consecutive tokens of one request.", kItlBuckets);
   e2e_ = MakeHistogram(r, "kvr_e2e_request_latency_seconds",
                        "Time from a request's arrival to its end.", kLatencyBuckets);
   queue_time_ = MakeHistogram(r, "kvr_request_queue_time_seconds",
                               "Time a request waited in the admission queue.", kLatencyBuckets);
-  prefill_time_ = MakeHistogram(r, "kvr_request_prefill_time_seconds",
-                                "Wall time of a request's prefill across all workers.",
-                                kLatencyBuckets);
+  prefill_time_ = ByPromptBand(
+      r, "kvr_request_prefill_time_seconds",
+      "Wall time of a request's prefill across all workers, by prompt length band.");
   decode_time_ = MakeHistogram(r, "kvr_request_decode_time_seconds",
                                "Time from a request's first token to its end.", kLatencyBuckets);
   prompt_tokens_hist_ = MakeHistogram(r, "kvr_request_prompt_tokens",
@@ -126,7 +149,7 @@ void Metrics::OnRejected(const absl::Status& status) {
 void Metrics::OnPrefillDone(double queue_seconds, double prefill_seconds, int prompt_tokens,
                             const std::vector<WorkerPrefillTiming>& workers) {
   queue_time_->Observe(queue_seconds);
-  prefill_time_->Observe(prefill_seconds);
+  prefill_time_[PromptBand(prompt_tokens)]->Observe(prefill_seconds);
   prompt_tokens_->Increment(prompt_tokens);
   prompt_tokens_hist_->Observe(prompt_tokens);
   for (const WorkerPrefillTiming& w : workers) {
@@ -139,8 +162,8 @@ void Metrics::OnPrefillDone(double queue_seconds, double prefill_seconds, int pr
   }
 }
 
-void Metrics::OnFirstToken(double ttft_seconds) {
-  ttft_->Observe(ttft_seconds);
+void Metrics::OnFirstToken(double ttft_seconds, int prompt_tokens) {
+  ttft_[PromptBand(prompt_tokens)]->Observe(ttft_seconds);
   generation_tokens_->Increment();
 }
 

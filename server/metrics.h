@@ -19,6 +19,11 @@
 
 namespace kvr {
 
+// Prompt length bands of the prompt_band label: "<512", "512-2K", "2K-8K", "8K-32K", ">=32K".
+int PromptBand(int prompt_tokens);
+const char* PromptBandName(int band);
+inline constexpr int kNumPromptBands = 5;
+
 class Metrics : public SchedulerObserver {
  public:
   // `num_workers` per-worker series are created up front (zero until used).
@@ -33,7 +38,7 @@ class Metrics : public SchedulerObserver {
   void OnRejected(const absl::Status& status) override;
   void OnPrefillDone(double queue_seconds, double prefill_seconds, int prompt_tokens,
                      const std::vector<WorkerPrefillTiming>& workers) override;
-  void OnFirstToken(double ttft_seconds) override;
+  void OnFirstToken(double ttft_seconds, int prompt_tokens) override;
   void OnNextToken(double inter_token_seconds) override;
   void OnFinished(const GenerationResult& result) override;
 
@@ -45,11 +50,12 @@ class Metrics : public SchedulerObserver {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
 
-  prometheus::Histogram* ttft_;
+  // By prompt length band (label prompt_band), see PromptBand.
+  std::vector<prometheus::Histogram*> ttft_;
+  std::vector<prometheus::Histogram*> prefill_time_;
   prometheus::Histogram* itl_;
   prometheus::Histogram* e2e_;
   prometheus::Histogram* queue_time_;
-  prometheus::Histogram* prefill_time_;
   prometheus::Histogram* decode_time_;
   prometheus::Histogram* prompt_tokens_hist_;
   prometheus::Histogram* generation_tokens_hist_;

@@ -2,7 +2,7 @@
 //
 //   kvr_cuda_bench [--shape llama2-7b|llama3-8b|mistral-7b|falcon-7b] [--layers N]
 //                  [--prefill 4096,8192,16384,32768] [--attn 4096,...] [--decode 4096,32768]
-//                  [--reps 5] [--dtype bf16|fp16] [--out bench.json]
+//                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
 //
 // Measures, each the median of --reps after warm-ups:
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
@@ -119,7 +119,7 @@ double PrefillFlops(const kvr::ModelConfig& c, double n) {
 int main(int argc, char** argv) {
   std::string shape = "llama2-7b", out_path, dtype = "bf16";
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
-  int layers = 0, reps = 5;
+  int layers = 0, reps = 5, variant = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode") decode_s = next();
     else if (a == "--reps") reps = std::atoi(next().c_str());
     else if (a == "--dtype") dtype = next();
+    else if (a == "--variant") variant = std::atoi(next().c_str());
     else if (a == "--out") out_path = next();
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
@@ -222,12 +223,12 @@ int main(int argc, char** argv) {
     p.q = q; p.k = k; p.v = v; p.out = o; p.n = n; p.s = 0;
     p.Hq = cfg.num_q_heads; p.Hkv = cfg.num_kv_heads; p.D = cfg.head_dim;
     p.scale = 1.f / std::sqrt(static_cast<float>(cfg.head_dim));
-    for (int warps : {8, 4}) {
-      p.warps = warps;
+    for (int v : {1, 2, 3}) {
+      p.variant = v;
       const double t = event_ms([&] { Check(K::PrefillAttention(kdt, p, stream), "attn"); }, 2, reps);
       const double fl = 4.0 * cfg.num_q_heads * cfg.head_dim * double(n) * (n + 1) / 2;
-      out["attn"].push_back({{"ctx", n}, {"warps", warps}, {"ms", t}, {"TFLOPs", fl / (t * 1e-3) / 1e12}});
-      std::printf("attn  ctx %6d, %d warps: %8.3f ms  %6.1f TFLOP/s (causal, one layer, all heads)\n", n, warps, t,
+      out["attn"].push_back({{"ctx", n}, {"variant", v}, {"ms", t}, {"TFLOPs", fl / (t * 1e-3) / 1e12}});
+      std::printf("attn  ctx %6d, variant %d: %8.3f ms  %6.1f TFLOP/s (causal, one layer, all heads)\n", n, v, t,
                   fl / (t * 1e-3) / 1e12);
     }
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
@@ -236,6 +237,8 @@ int main(int argc, char** argv) {
   // ---- whole model ----
   kvr::CudaRunnerOptions opt;
   opt.dtype = dtype == "fp16" ? kvr::DType::kF16 : kvr::DType::kBF16;
+  opt.attn_variant = variant;
+  out["attn_variant"] = variant;
   auto runner_or = kvr::MakeRandomCudaRunner(cfg, 0, opt, 11);
   Check(runner_or.status(), "runner");
   kvr::ModelRunner& r = **runner_or;

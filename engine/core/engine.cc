@@ -148,10 +148,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   std::vector<ModelRunner*> ptrs;
   for (auto& r : engine->runners_) ptrs.push_back(r.get());
   engine->coordinator_ = std::make_unique<PrefillCoordinator>(ptrs, std::move(fabric), on_thread_start);
-  const Topology topology = options.topology == "fan-out" ? Topology::kFanOut : Topology::kChain;
-  if (options.topology != "chain" && options.topology != "fan-out") {
-    return absl::InvalidArgumentError(absl::StrCat("unknown topology \"", options.topology, "\" (allowed: chain, fan-out)"));
-  }
+  KVR_ASSIGN_OR_RETURN(const Topology topology, ParseTopology(options.topology));
   KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes));
   KVR_LOG(INFO) << "engine ready in " << SecondsSince(t0) << " s: partition " << engine->planner_->name()
                 << ", topology " << TopologyName(topology);

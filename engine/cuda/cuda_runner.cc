@@ -413,6 +413,7 @@ class CudaRunner : public ModelRunner {
     ap.D = cfg_.head_dim;
     ap.window = cfg_.sliding_window;
     ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
+    ap.variant = opt_.attn_variant;
     KVR_CU(K::PrefillAttention(dt_, ap, stream_));
     return OutMlpBlock(layers_[l], ch.n, ch.b.x, ch.b.h, ch.b.attn, ch.b.up, ch.b.act);
   }
@@ -621,9 +622,12 @@ class CudaRunner : public ModelRunner {
     warmed_.clear();
     FreeDecode();
     const int cap = std::max(B, 8);
+    size_t part_rows = 0;
+    for (int b = 1; b <= cap; ++b)
+      part_rows = std::max(part_rows, static_cast<size_t>(b) * K::DecodeAttentionSplits(b, cfg_.num_kv_heads, num_sms_));
     Carver c(nullptr);
     DecodeBuffers tmp;
-    CarveDecode(c, cap, &tmp);
+    CarveDecode(c, cap, &tmp, part_rows);
     KVR_CU(cudaMalloc(&dec_mem_, c.size()));
     KVR_CU(cudaMalloc(&dev_tab_, TabBytes(cap)));
     KVR_CU(cudaMallocHost(&host_tab_, TabBytes(cap)));
@@ -633,9 +637,11 @@ class CudaRunner : public ModelRunner {
     return absl::OkStatus();
   }
 
-  void CarveDecode(Carver& c, int B, DecodeBuffers* d) const {
+  // part_rows = B * splits for views; for the allocation, the largest B * splits(B) over B <= cap
+  // (the split count shrinks as B grows, not always in proportion).
+  void CarveDecode(Carver& c, int B, DecodeBuffers* d, size_t part_rows = 0) const {
     const size_t b = B, C = cfg_.hidden_size;
-    const int S = K::DecodeAttentionSplits(B, cfg_.num_kv_heads, num_sms_);
+    if (part_rows == 0) part_rows = b * K::DecodeAttentionSplits(B, cfg_.num_kv_heads, num_sms_);
     d->x = c.Take<float>(b * C);
     d->h = c.Take<void>(b * C, 2);
     d->qkv = c.Take<void>(b * cfg_.qkv_dim(), 2);
@@ -644,8 +650,8 @@ class CudaRunner : public ModelRunner {
     d->up = c.Take<void>(b * U(), 2);
     d->act = c.Take<void>(b * cfg_.intermediate_size, 2);
     d->logits = c.Take<float>(b * cfg_.vocab_size);
-    d->o_part = c.Take<float>(b * cfg_.num_q_heads * S * cfg_.head_dim);
-    d->lse_part = c.Take<float>(b * cfg_.num_q_heads * S);
+    d->o_part = c.Take<float>(part_rows * cfg_.num_q_heads * cfg_.head_dim);
+    d->lse_part = c.Take<float>(part_rows * cfg_.num_q_heads);
   }
 
   // Views of the decode buffers for batch B (split count depends on B).

@@ -30,6 +30,7 @@ struct CudaRunnerOptions {
   size_t gemm_workspace_bytes = 64ull << 20;
   bool decode_graphs = true;                // capture decode steps in CUDA graphs
   size_t reserve_bytes = 1ull << 30;        // kept free on the device (driver, cuBLAS, fragmentation)
+  int attn_variant = 0;                     // prefill attention kernel variant (0 = default)
 };
 
 // Number of CUDA devices; 0 (never an error, never a crash) without a driver or a GPU.

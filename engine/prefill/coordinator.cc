@@ -78,7 +78,9 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
   KVR_RETURN_IF_ERROR(RunOnPositions(
       p,
       [&](int k) -> absl::Status {
-        const int capacity = k == p - 1 ? cache_capacity : plan.chunk_end(k);
+        // All-gather (TSP) fills every position's cache with the whole prompt.
+        const int needed = plan.topology == Topology::kAllGather ? plan.context_len : plan.chunk_end(k);
+        const int capacity = k == p - 1 ? cache_capacity : needed;
         KVR_ASSIGN_OR_RETURN(caches[k], runners_[plan.order[k]]->NewKvCache(capacity));
         return absl::OkStatus();
       },
@@ -97,6 +99,7 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
   PrefillResult result;
   result.plan = plan;
   result.workers.resize(p);
+  const auto chain_start = SteadyClock::now();
   KVR_RETURN_IF_ERROR(RunOnPositions(
       p,
       [&](int k) -> absl::Status {
@@ -107,6 +110,7 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
                                 &result.workers[k]);
       },
       plan.order));
+  result.chain_seconds = SecondsSince(chain_start);
 
   // 4. The other positions' caches are freed on their own devices; the last one's is kept.
   KVR_RETURN_IF_ERROR(RunOnPositions(

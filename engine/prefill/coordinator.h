@@ -35,7 +35,8 @@ struct PrefillResult {
   int owner = 0;                     // worker that holds the whole cache [0, C)
   std::unique_ptr<KvCache> cache;    // on `owner`'s device, capacity >= requested
   std::vector<WorkerTiming> workers; // one per chain position
-  double seconds = 0;                // wall time of the whole prefill
+  double seconds = 0;                // wall time of the whole prefill, cache allocation included
+  double chain_seconds = 0;          // from the chain's start to the first token's logits
 };
 
 class PrefillCoordinator {

@@ -6,7 +6,22 @@
 
 namespace kvr {
 
-std::string TopologyName(Topology t) { return t == Topology::kChain ? "chain" : "fan-out"; }
+std::string TopologyName(Topology t) {
+  switch (t) {
+    case Topology::kChain: return "chain";
+    case Topology::kFanOut: return "fan-out";
+    case Topology::kAllGather: return "all-gather";
+  }
+  return "?";
+}
+
+absl::StatusOr<Topology> ParseTopology(const std::string& name) {
+  for (Topology t : {Topology::kChain, Topology::kFanOut, Topology::kAllGather}) {
+    if (name == TopologyName(t)) return t;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown topology \"", name, "\" (allowed: chain, fan-out, all-gather)"));
+}
 
 std::string PrefillPlan::ToString() const {
   std::string s = absl::StrCat(planner, " ", TopologyName(topology), " C=", context_len);
@@ -45,11 +60,19 @@ absl::Status ValidatePlan(const PrefillPlan& plan, int num_workers) {
 std::vector<KvTransfer> TransfersOf(const PrefillPlan& plan) {
   std::vector<KvTransfer> out;
   const int p = plan.num_chunks();
-  for (int k = 1; k < p; ++k) {
-    if (plan.topology == Topology::kChain) {
-      out.push_back({k - 1, k, 0, plan.chunk_begin(k)});
-    } else {
-      for (int j = 0; j < k; ++j) out.push_back({j, k, plan.chunk_begin(j), plan.chunk_end(j)});
+  for (int k = 0; k < p; ++k) {
+    switch (plan.topology) {
+      case Topology::kChain:
+        if (k > 0) out.push_back({k - 1, k, 0, plan.chunk_begin(k)});
+        break;
+      case Topology::kFanOut:
+        for (int j = 0; j < k; ++j) out.push_back({j, k, plan.chunk_begin(j), plan.chunk_end(j)});
+        break;
+      case Topology::kAllGather:
+        for (int j = 0; j < p; ++j) {
+          if (j != k) out.push_back({j, k, plan.chunk_begin(j), plan.chunk_end(j)});
+        }
+        break;
     }
   }
   return out;

@@ -9,14 +9,19 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace kvr {
 
 enum class Topology {
   kChain,   // the paper's: position k receives [0, s_k) from k-1 and forwards [0, e_k) to k+1
   kFanOut,  // position k sends its own [s_k, e_k) straight to every later position
+  kAllGather,  // the paper's TSP baseline: every position sends its own chunk to every other
+               // position and waits for all of them (an all-gather of K/V per layer)
 };
 std::string TopologyName(Topology t);
+// "chain", "fan-out" or "all-gather"; anything else is InvalidArgument naming those.
+absl::StatusOr<Topology> ParseTopology(const std::string& name);
 
 struct PrefillPlan {
   int context_len = 0;            // C
@@ -45,7 +50,8 @@ struct KvTransfer {
 };
 
 // The transfers of every layer (the same for all layers), by topology. Receives of position k
-// together cover [0, s_k) exactly once.
+// together cover [0, s_k) exactly once (chain, fan-out), or [0, C) minus its own chunk
+// (all-gather).
 std::vector<KvTransfer> TransfersOf(const PrefillPlan& plan);
 
 }  // namespace kvr

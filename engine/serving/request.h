@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "engine/serving/sampler.h"
 #include "engine/serving/sampling_params.h"
+#include "engine/util/clock.h"
 
 namespace kvr {
 
@@ -83,6 +84,8 @@ struct GenerationRequest {
   std::vector<int32_t> eos_ids;    // the model's end-of-sequence tokens
   std::unique_ptr<TextDecoder> decoder;  // null: no text in the chunks
   std::shared_ptr<RequestSink> sink;
+  // When the request arrived (queue time and TTFT count from here); default: at Submit.
+  SteadyClock::time_point arrival{};
 };
 
 }  // namespace kvr

@@ -12,7 +12,7 @@
 namespace kvr {
 
 struct Scheduler::Sequence {
-  enum class State { kWaiting, kPrefilling, kRunning };
+  enum class State { kWaiting, kPrefilling, kRunning, kRetiring };
 
   Sequence(GenerationRequest& r)
       : id(std::move(r.id)),
@@ -20,7 +20,9 @@ struct Scheduler::Sequence {
         params(r.sampling),
         sink(std::move(r.sink)),
         sampler(params, prompt),
-        out(params, std::move(r.eos_ids), std::move(r.decoder)) {}
+        out(params, std::move(r.eos_ids), std::move(r.decoder)) {
+    if (r.arrival != SteadyClock::time_point{}) arrival = r.arrival;
+  }
 
   const std::string id;
   const std::vector<int32_t> prompt;
@@ -112,7 +114,13 @@ absl::Status Scheduler::Abort(const std::string& id) {
     Sequence* seq = it->second.get();
     if (seq->state == Sequence::State::kWaiting) {
       waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));
-      seq->state = Sequence::State::kPrefilling;  // out of the queue; nobody else touches it
+      seq->state = Sequence::State::kRetiring;  // out of the queue; nobody else touches it
+      waiting = seq;
+    } else if (seq->state == Sequence::State::kRunning && !decode_in_flight_) {
+      // Not part of a step being executed (the step, if any, is another request's prefill):
+      // free its cache now rather than after that prefill.
+      std::erase(running_, seq);
+      seq->state = Sequence::State::kRetiring;
       waiting = seq;
     } else {
       seq->abort = true;
@@ -263,6 +271,7 @@ Scheduler::ScheduledStep Scheduler::Schedule() {
       step.last_worker = PickLastWorker();
     } else if (!running_.empty()) {
       step.kind = StepKind::kDecode;
+      decode_in_flight_ = true;
       std::vector<int> group_of(std::max(1, executor_->num_workers()), -1);
       for (Sequence* s : running_) {
         int& g = group_of[s->owner];
@@ -302,7 +311,8 @@ bool Scheduler::HandleToken(Sequence& seq, int32_t token, TokenLogprobs* lp,
   if (!seq.has_first) {
     seq.has_first = true;
     seq.first_token = now;
-    if (observer_ != nullptr) observer_->OnFirstToken(Between(seq.arrival, now));
+    if (observer_ != nullptr)
+      observer_->OnFirstToken(Between(seq.arrival, now), static_cast<int>(seq.prompt.size()));
   } else if (observer_ != nullptr) {
     observer_->OnNextToken(Between(seq.last_token_time, now));
   }
@@ -418,6 +428,8 @@ void Scheduler::Update(ScheduledStep& step) {
       }
     }
   }
+  absl::MutexLock lock(&mu_);
+  decode_in_flight_ = false;
 }
 
 void Scheduler::Retire(Sequence* seq, GenerationChunk chunk, absl::Status error) {

@@ -18,7 +18,7 @@
 // Threads: Submit, Abort, StopAdmitting, stats may be called from any thread. Either call
 // Start() (the scheduler's own thread runs Step in a loop) or drive Step() yourself (tests);
 // sinks and the observer are called on the thread that runs Step, never under the lock, except
-// that Abort of a request still waiting calls its sink on the caller's thread.
+// that an Abort that frees a request at once calls its sink on the caller's thread.
 #pragma once
 
 #include <cstdint>
@@ -65,7 +65,7 @@ class SchedulerObserver {
   virtual void OnRejected(const absl::Status& status) {}
   virtual void OnPrefillDone(double queue_seconds, double prefill_seconds, int prompt_tokens,
                              const std::vector<WorkerPrefillTiming>& workers) {}
-  virtual void OnFirstToken(double ttft_seconds) {}
+  virtual void OnFirstToken(double ttft_seconds, int prompt_tokens) {}
   virtual void OnNextToken(double inter_token_seconds) {}
   virtual void OnFinished(const GenerationResult& result) {}
 };
@@ -82,8 +82,10 @@ class Scheduler {
   // On success the sink will get exactly one OnFinish or OnError.
   absl::Status Submit(GenerationRequest request);
 
-  // Ends a request: it finishes with reason abort and its KV-cache is freed at the next step
-  // boundary (at once if it was still waiting). NotFound if no live request has this id.
+  // Ends a request: it finishes with reason abort and its KV-cache is freed. At once when it is
+  // waiting, or decoding while no decode step runs (e.g. during another request's prefill);
+  // else at the end of the step that uses it (one decode step, or its own prefill). NotFound if
+  // no live request has this id.
   absl::Status Abort(const std::string& id);
 
   // Starts the scheduler's thread.
@@ -147,6 +149,7 @@ class Scheduler {
   bool admitting_ ABSL_GUARDED_BY(mu_) = true;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool abort_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool decode_in_flight_ ABSL_GUARDED_BY(mu_) = false;  // a decode step is executing/updating
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };

@@ -70,6 +70,9 @@ fi
 if has bench; then
   log bench
   $BUILD/tools/kvr_cuda_bench ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -40
+  if [ -n "${BENCH2_ARGS:-}" ]; then
+    $BUILD/tools/kvr_cuda_bench $BENCH2_ARGS --out "$OUT/bench2.json" 2>&1 | tee "$OUT/bench2.log" | tail -40
+  fi
 fi
 
 if has torch; then

@@ -15,10 +15,10 @@ DEPLOY = os.path.join(ROOT, "deploy")
 failures = []
 
 
-def check(cond, what):
+def check(cond, what, detail=""):
     if not cond:
         failures.append(what)
-    print(("ok    " if cond else "FAIL  ") + what)
+    print(("ok    " if cond else "FAIL  ") + what + (f"\n{detail}" if detail and not cond else ""))
 
 
 def compose(*args, env_file=True, extra_env=None):
@@ -37,8 +37,8 @@ def gpu_devices(service):
 
 def main():
     main_file = os.path.join(DEPLOY, "docker-compose.yml")
-    r = compose("-f", main_file)
-    check(r.returncode == 0, f"docker-compose config accepts docker-compose.yml with .env.example\n{r.stderr}")
+    r = compose("-f", main_file, extra_env={"KVR_MODEL_DIR": "/srv/models/llama3-8b"})
+    check(r.returncode == 0, "docker-compose config accepts docker-compose.yml with .env.example", r.stderr)
     if r.returncode != 0:
         return
     cfg = yaml.safe_load(r.stdout)
@@ -67,7 +67,7 @@ def main():
     vols = kvrd.get("volumes", [])
     model = [v for v in vols if isinstance(v, str) and ":/models/model" in v]
     check(len(model) == 1 and model[0].endswith(":ro"), f"model folder mounted read-only at /models/model: {model}")
-    check(model and model[0].startswith("/srv/models/"), f"KVR_MODEL_DIR of .env.example is the mount's source: {model}")
+    check(model and model[0] == "/srv/models/llama3-8b:/models/model:ro", f"KVR_MODEL_DIR is the mount's source: {model}")
     env = kvrd.get("environment", {})
     check(env.get("KVR_CONFIG") == "/etc/kvr/kvrd.json" and any(":/etc/kvr/kvrd.json:ro" in v for v in vols),
           "kvrd reads the mounted config file /etc/kvr/kvrd.json")
@@ -90,7 +90,7 @@ def main():
     # Defaults: without KVR_MODEL_DIR the empty deploy/model folder is mounted (the image then
     # serves its demo model).
     r = compose("-f", main_file, env_file=False, extra_env={"GRAFANA_ADMIN_PASSWORD": "x"})
-    check(r.returncode == 0, f"docker-compose config without a .env (defaults)\n{r.stderr}")
+    check(r.returncode == 0, "docker-compose config without a .env (defaults)", r.stderr)
     if r.returncode == 0:
         k = yaml.safe_load(r.stdout)["services"]["kvrd"]
         check(os.path.join(DEPLOY, "model") + ":/models/model:ro" in k.get("volumes", []),
@@ -107,7 +107,7 @@ def main():
         with open(picked, "w") as f:
             f.write(text.replace("count: all", 'device_ids: ["0", "1"]'))
         r = compose("-f", picked)  # relative paths stay relative to deploy/ (--project-directory)
-    check(r.returncode == 0, f"docker-compose config with device_ids instead of count\n{r.stderr}")
+    check(r.returncode == 0, "docker-compose config with device_ids instead of count", r.stderr)
     if r.returncode == 0:
         devs = gpu_devices(yaml.safe_load(r.stdout)["services"]["kvrd"])
         check(len(devs) == 1 and devs[0].get("device_ids") == ["0", "1"] and devs[0].get("driver") == "nvidia"

@@ -121,8 +121,9 @@ def main():
 
     # --- .env.example covers docker-compose.yml ----------------------------------------------------
     used = set(re.findall(r"\$\{(\w+)[:?}-]", read("deploy", "docker-compose.yml")))
-    env_example = dict(l.split("=", 1) for l in read("deploy", ".env.example").splitlines()
-                       if l.strip() and not l.startswith("#"))
+    # VAR=value lines, and #VAR=value for those left unset by default.
+    env_example = dict(m.groups() for l in read("deploy", ".env.example").splitlines()
+                       for m in [re.match(r"^#?([A-Z][A-Z0-9_]*)=(.*)$", l)] if m)
     check(used <= set(env_example), f".env.example names every variable of docker-compose.yml; missing {sorted(used - set(env_example))}")
     check(set(env_example) <= used, f".env.example names only variables that docker-compose.yml reads; extra {sorted(set(env_example) - used)}")
 
@@ -142,6 +143,8 @@ def main():
         check(k == "KVR_CONFIG" or k[4:].lower() in names, f"compose passes {k}, which the entrypoint maps to a flag")
 
     # --- the entrypoint's behaviour -----------------------------------------------------------
+    for f in ("entrypoint.sh", "healthcheck.py"):  # COPY keeps the mode: they must be executable
+        check(os.access(os.path.join(DEPLOY, "kvrd", f), os.X_OK), f"deploy/kvrd/{f} is executable")
     rc, argv, err = dry_run({})
     check(rc == 0 and argv[:5] == ["/opt/kvr/bin/kvrd", "--model=/opt/kvr/models/kvr-demo", "--listen=0.0.0.0:50051",
                                    "--metrics_listen=0.0.0.0:9464", "--config=/etc/kvr/kvrd.json"] and len(argv) == 5,

@@ -84,8 +84,10 @@ def main():
     exec_line = [s for s in start if s.startswith("exec ")]
     check(len(exec_line) == 1 and exec_line[0].startswith('exec "$BUILD_DIR/server/kvrd"'),
           f"scripts/start.sh ends by running $BUILD_DIR/server/kvrd: {exec_line}")
-    recipe = [s for s in start if not s.startswith("exec ")]
-    check(len(recipe) >= 3 and recipe[0] == "scripts/install-deps.sh", f"start.sh's recipe: {recipe}")
+    # The build recipe: start.sh's steps up to its last `cmake --build`; the rest starts kvrd.
+    builds = [i for i, s in enumerate(start) if s.startswith("cmake --build")]
+    recipe = start[:builds[-1] + 1] if builds else []
+    check(len(recipe) >= 3 and recipe[0] == "scripts/install-deps.sh", f"start.sh's build recipe: {recipe}")
     build_runs = [norm(a) for s, i, a in docker if s == "build" and i == "RUN"]
     # The recipe's steps appear, in order, as whole RUN steps; every build-stage RUN that calls
     # scripts/ or cmake is one of them.
@@ -99,6 +101,10 @@ def main():
     for run in build_runs:
         if re.search(r"(^|[\s;&|])(scripts/|cmake\b|ninja\b|make\b)", run):
             check(run in recipe, f"build-stage RUN step is one of start.sh's: {run}")
+    # start.sh serves the demo model, prepared by models/prepare_demo.sh; the image bakes it in.
+    if any("models/prepare_demo.sh" in s for s in start):
+        check(any(re.match(r"models/prepare_demo\.sh(\s|$)", r) for r in build_runs),
+              "start.sh prepares the demo model with models/prepare_demo.sh: so does the build stage")
     env = {}
     for s, i, a in docker:
         if s == "build" and i == "ENV":
@@ -175,6 +181,7 @@ def main():
             check(not ignored(src), f"COPY source is not excluded by .dockerignore: {src}")
     # The build needs the sources: nothing CMake reads may be ignored.
     for needed in ["CMakeLists.txt", "cmake/kvr_helpers.cmake", "engine", "kernels", "proto", "server", "tools",
+                   "tests/CMakeLists.txt", "tests/deploy/CMakeLists.txt",
                    "scripts/install-deps.sh", "models/prepare_demo.sh", "models/kvr-demo/config.json",
                    "tests/tokenizer/make_llama2_tokenizer_json.js"]:
         check(not ignored(needed), f"the build context keeps {needed}")

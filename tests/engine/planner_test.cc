@@ -2,6 +2,7 @@
 // larger early chunks for causal attention, and the search finds the brute-force optimum.
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/planner.h"
+#include "engine/prefill/split_table.h"
 #include "gtest/gtest.h"
 
 namespace kvr {
@@ -95,6 +96,39 @@ TEST(SplitSearch, FindsTheBruteForceOptimumOfAConvexCost) {
   auto found = SearchSplit(60, 3, cost, 1, {}, &evals);
   EXPECT_NEAR(cost(found), best, 1e-9);
   EXPECT_LT(evals, 200);  // far fewer than the 1711 brute-force evaluations
+}
+
+}  // namespace
+}  // namespace kvr
+
+namespace kvr {
+namespace {
+
+TEST(SplitTable, InterpolatesSharesBetweenSearchedLengths) {
+  auto table = SplitTable::Parse(R"({"entries": [
+      {"setup": "s", "context": 1000, "sizes": [400, 300, 200, 100]},
+      {"setup": "s", "context": 3000, "sizes": [900, 900, 600, 600]}]})", "t.json");
+  ASSERT_TRUE(table.ok()) << table.status();
+  auto mid = table->Lookup("s", 2000, 4);  // shares halfway: .35 .375 .25 .25 ... of 2000
+  ASSERT_TRUE(mid.ok());
+  EXPECT_EQ(*mid, (std::vector<int>{700, 600, 400, 300}));
+  auto below = table->Lookup("s", 500, 4);
+  ASSERT_TRUE(below.ok());
+  EXPECT_EQ(*below, (std::vector<int>{200, 150, 100, 50}));
+  EXPECT_EQ(table->Lookup("s", 2000, 3).status().code(), absl::StatusCode::kNotFound);
+  auto plan = TablePlanner(*table, "s").Plan(2001, 4, 3);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->context_len, 2001);
+  auto round_trip = SplitTable::Parse(table->ToJson(), "rt.json");
+  ASSERT_TRUE(round_trip.ok());
+  EXPECT_EQ(round_trip->entries().size(), 2u);
+}
+
+TEST(SplitTable, RejectsSizesThatDoNotAddUp) {
+  auto bad = SplitTable::Parse(R"({"entries": [{"setup": "s", "context": 10, "sizes": [3, 3]}]})", "bad.json");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("bad.json"), std::string::npos);
+  EXPECT_EQ(SplitTable::Parse("{", "x.json").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -286,8 +286,9 @@ def main():
 
             def one(i):
                 try:
-                    results.append(generate(stub, pb, text=PROMPT, sampling=pb.SamplingParams(
-                        max_tokens=16, temperature=0.7, seed=i % 3)))
+                    ids, text, c, _ = generate(stub, pb, text=PROMPT, sampling=pb.SamplingParams(
+                        max_tokens=16, temperature=0.7, seed=i % 3))
+                    results.append((i % 3, ids, text))
                 except Exception as e:  # noqa: BLE001
                     errors.append(e)
             threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
@@ -297,12 +298,13 @@ def main():
                 t.join(timeout=60)
             assert not errors, errors[:3]
             assert len(results) == 12
-            # Same seed, same text, whatever the batch it decoded in.
+            # Same seed, same output, whatever batch it was decoded in.
             by_seed = {}
-            for ids, text, c, _ in results:
-                by_seed.setdefault(c.prompt_tokens, set())
+            for seed, ids, text in results:
+                by_seed.setdefault(seed, set()).add((tuple(ids), text))
+            assert all(len(v) == 1 for v in by_seed.values()), by_seed
             assert d.metric("kvr_num_requests_running") == 0
-        checks.run("12 concurrent streams (continuous batching)", concurrent_streams)
+        checks.run("12 concurrent streams: same seed, same output in any batch", concurrent_streams)
 
         if prom is not None:
             checks.run("Prometheus scrapes TTFT and per-worker metrics",
@@ -341,6 +343,42 @@ def main():
             assert "kvrd stopped" in d2.read_log()
         checks.run("full queue: RESOURCE_EXHAUSTED at once; SIGTERM drains and exits 0",
                    queue_full_and_sigterm)
+
+        def config_file_and_second_signal():
+            cfg = os.path.join(work, "kvrd.json")
+            with open(cfg, "w") as f:
+                json.dump({"max_queue": 5, "max_running": 3, "shutdown_timeout_s": 30,
+                           "testing_decode_delay_ms": 20}, f)
+            d3 = lib.Daemon(args.kvrd, model, work, ["--config", cfg, "--max_running", "2"],
+                            name="kvrd-config")
+            daemons.append(d3)
+            d3.start()
+            s3 = pb_grpc.KvrStub(d3.channel)
+            info3 = s3.GetServerInfo(pb.GetServerInfoRequest(), timeout=5)
+            assert info3.max_queue == 5 and info3.max_running == 2, info3  # the flag wins
+            assert '"max_queue":5' in d3.read_log() and "config in effect" in d3.read_log()
+            call = s3.Generate(pb.GenerateRequest(text=PROMPT, sampling=pb.SamplingParams(
+                max_tokens=400, ignore_eos=True)), timeout=60)
+            it = iter(call)
+            next(it)
+            d3.signal()
+            time.sleep(0.5)
+            assert d3.proc.poll() is None, "exited before its streams finished"
+            assert lib.health_check(d3.channel) == 2, "health is not NOT_SERVING while draining"
+            d3.signal()  # a second signal aborts at once
+            t0 = time.time()
+            last = list(it)[-1]
+            assert last.complete.finish_reason == pb.FINISH_REASON_ABORT, last
+            assert d3.proc.wait(timeout=10) == 0
+            assert time.time() - t0 < 5, time.time() - t0
+            # A config file with an unknown key: exit status 2 and a message naming it.
+            with open(cfg, "w") as f:
+                json.dump({"max_qeueu": 5}, f)
+            out = subprocess.run([args.kvrd, "--model", model, "--config", cfg],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 2 and "max_qeueu" in out.stderr, (out.returncode, out.stderr)
+        checks.run("config file, flags win, second SIGTERM aborts at once",
+                   config_file_and_second_signal)
 
         def sigterm_finishes_short_streams():
             # A stream that can finish within the timeout does.
@@ -401,12 +439,13 @@ def prom_query(prom, q):
 
 
 def check_prometheus(prom, d):
-    served = d.metric("kvr_time_to_first_token_seconds_count")
+    served = d.metric_sum("kvr_time_to_first_token_seconds_count")
     assert served and served > 0
+    assert d.metric("kvr_time_to_first_token_seconds_count", {"prompt_band": "<512"}) == served
     deadline = time.time() + 20
     res = []
     while time.time() < deadline:
-        res = prom_query(prom, "kvr_time_to_first_token_seconds_count")
+        res = prom_query(prom, "sum(kvr_time_to_first_token_seconds_count)")
         if res and float(res[0]["value"][1]) >= served:
             break
         time.sleep(0.5)
@@ -416,6 +455,8 @@ def check_prometheus(prom, d):
     assert {"0.001", "+Inf"} <= les and any(float(x) >= 60 for x in les if x != "+Inf"), les
     q = prom_query(prom, "histogram_quantile(0.5, sum by (le) (kvr_time_to_first_token_seconds_bucket))")
     assert q and float(q[0]["value"][1]) > 0, q
+    bands = prom_query(prom, "sum by (prompt_band) (kvr_time_to_first_token_seconds_count)")
+    assert {b["metric"]["prompt_band"] for b in bands} == {"<512", "512-2K", "2K-8K", "8K-32K", ">=32K"}, bands
     for name in ("kvr_worker_prefill_busy_seconds_total", "kvr_worker_prefill_wait_seconds_total",
                  "kvr_kv_transfer_sent_bytes_total"):
         series = prom_query(prom, name)
@@ -427,7 +468,8 @@ def check_prometheus(prom, d):
     for name in ("kvr_num_requests_running", "kvr_num_requests_waiting", "kvr_kv_cache_usage_perc",
                  "kvr_prompt_tokens_total", "kvr_generation_tokens_total",
                  "kvr_inter_token_latency_seconds_count", "kvr_e2e_request_latency_seconds_count",
-                 "kvr_request_queue_time_seconds_count", "kvr_request_prefill_time_seconds_count"):
+                 "kvr_request_queue_time_seconds_count", "kvr_request_prefill_time_seconds_count",
+                 "kvr_kv_cache_usage_bytes", "kvr_request_rejected_total"):
         assert prom_query(prom, name), f"{name} not scraped"
     ok = prom_query(prom, 'kvr_request_success_total{finished_reason="length"}')
     assert ok and float(ok[0]["value"][1]) > 0, ok

@@ -61,8 +61,18 @@ class Daemon:
     def start(self, timeout=60):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(self.address)
         deadline = time.time() + timeout
+        # Wait for the port before making the channel: a channel whose first connection fails
+        # backs off for seconds before it tries again.
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kvrd exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.channel = grpc.insecure_channel(self.address)
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kvrd exited with {self.proc.returncode}:\n{self.read_log()}")
@@ -94,6 +104,9 @@ class Daemon:
 
     def metric(self, name, labels=None):
         return metric_value(self.metrics(), name, labels)
+
+    def metric_sum(self, name):
+        return metric_sum(self.metrics(), name)
 
     def wait_metric(self, name, predicate, labels=None, timeout=5.0):
         deadline = time.time() + timeout
@@ -128,6 +141,17 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def metric_sum(text, name):
+    """The sum of every sample of `name`, whatever its labels; None if absent."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if m and m.group(1) == name:
+            total += float(m.group(3))
+            seen = True
+    return total if seen else None
 
 
 def metric_value(text, name, labels=None):

@@ -121,7 +121,7 @@ TEST(SchedulerTest, AbortOfAWaitingRequestFinishesItAtOnce) {
   EXPECT_TRUE(ex.events().empty());
 }
 
-TEST(SchedulerTest, AbortOfARunningRequestFreesItsCacheAtTheNextStep) {
+TEST(SchedulerTest, AbortOfARunningRequestFreesItsCacheAtOnce) {
   FakeExecutor ex;
   Scheduler s(&ex, Options());
   Made m = MakeRequest("a", {1}, 20);
@@ -132,8 +132,7 @@ TEST(SchedulerTest, AbortOfARunningRequestFreesItsCacheAtTheNextStep) {
   const size_t one = 21 * FakeExecutor::kBytesPerToken;
   EXPECT_EQ(s.stats().kv_bytes, 2 * one);
   EXPECT_EQ(s.stats().running, 2);
-  ASSERT_TRUE(s.Abort("a").ok());
-  s.Step();
+  ASSERT_TRUE(s.Abort("a").ok());  // between steps: freed at once
   EXPECT_TRUE(m.sink->done());
   EXPECT_EQ(m.sink->result().reason, FinishReason::kAbort);
   EXPECT_EQ(s.stats().kv_bytes, one);
@@ -143,6 +142,28 @@ TEST(SchedulerTest, AbortOfARunningRequestFreesItsCacheAtTheNextStep) {
   EXPECT_EQ(other.sink->result().reason, FinishReason::kLength);
   EXPECT_EQ(other.sink->tokens().size(), 20u);
   EXPECT_EQ(ex.allocated(), 0u);
+}
+
+TEST(SchedulerTest, AbortDuringAnotherRequestsLongPrefillFreesAtOnce) {
+  FakeExecutor ex;
+  Scheduler s(&ex, Options());
+  Made a = MakeRequest("a", {1}, 50);
+  ASSERT_TRUE(s.Submit(std::move(a.req)).ok());
+  s.Step();  // a: prefilled, decoding
+  ex.prefill_delay_ms = 300;
+  Made b = MakeRequest("b", {1}, 5);
+  ASSERT_TRUE(s.Submit(std::move(b.req)).ok());
+  s.Step();  // a decode step (the policy), then b's long prefill below
+  std::thread t([&] { s.Step(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(s.Abort("a").ok());
+  EXPECT_TRUE(a.sink->done());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(100));
+  EXPECT_EQ(ex.allocated(), 0u);  // b's cache does not exist yet; a's is gone
+  t.join();
+  RunUntilIdle(s);
+  EXPECT_EQ(b.sink->result().completion_tokens, 5);
 }
 
 TEST(SchedulerTest, AbortDuringPrefillIsAppliedWhenItEnds) {

@@ -23,11 +23,12 @@ absl::Status NcclOk(ncclResult_t r, const char* what) {
 }
 
 // The link from device `self` to device `peer`.
+// In both communicators of a direction the sender is rank 0 and the receiver rank 1.
 struct Link {
-  ncclComm_t comm = nullptr;    // two-rank communicator of the pair
-  int peer_rank = 0;            // the peer's rank in it
-  cudaStream_t send = nullptr;  // self -> peer
-  cudaStream_t recv = nullptr;  // peer -> self
+  ncclComm_t send_comm = nullptr;  // self -> peer (self is rank 0)
+  ncclComm_t recv_comm = nullptr;  // peer -> self (self is rank 1)
+  cudaStream_t send = nullptr;     // self -> peer
+  cudaStream_t recv = nullptr;     // peer -> self
 };
 
 class NcclFabric;
@@ -72,17 +73,19 @@ class NcclFabric : public ChainFabric {
     return absl::OkStatus();
   }
 
-  // One two-rank communicator per pair of devices.
+  // Two two-rank communicators per pair of devices, one for each direction: NCCL runs the
+  // operations of one communicator in the order they were issued, so a communicator that
+  // carried both directions would queue a device's sends behind the receives it posted up front
+  // (and its peer's likewise): a deadlock as soon as two positions send to each other.
   absl::Status InitComms() {
     for (int i = 0; i < n_; ++i) {
-      for (int j = i + 1; j < n_; ++j) {
+      for (int j = 0; j < n_; ++j) {
+        if (i == j) continue;
         ncclComm_t comms[2];
-        int devs[2] = {i, j};
+        int devs[2] = {i, j};  // rank 0 = sender i, rank 1 = receiver j
         KVR_RETURN_IF_ERROR(NcclOk(ncclCommInitAll(comms, 2, devs), "ncclCommInitAll"));
-        links_[i][j].comm = comms[0];
-        links_[i][j].peer_rank = 1;
-        links_[j][i].comm = comms[1];
-        links_[j][i].peer_rank = 0;
+        links_[i][j].send_comm = comms[0];
+        links_[j][i].recv_comm = comms[1];
       }
     }
     return absl::OkStatus();
@@ -93,7 +96,8 @@ class NcclFabric : public ChainFabric {
       cudaSetDevice(i);
       for (int j = 0; j < n_; ++j) {
         if (i == j) continue;
-        if (links_[i][j].comm) ncclCommDestroy(links_[i][j].comm);
+        if (links_[i][j].send_comm) ncclCommDestroy(links_[i][j].send_comm);
+        if (links_[i][j].recv_comm) ncclCommDestroy(links_[i][j].recv_comm);
         if (links_[i][j].send) cudaStreamDestroy(links_[i][j].send);
         if (links_[i][j].recv) cudaStreamDestroy(links_[i][j].recv);
       }
@@ -129,9 +133,11 @@ class NcclFabric : public ChainFabric {
     aborted_ = true;
     for (int i = 0; i < n_; ++i) {
       for (int j = 0; j < n_; ++j) {
-        if (i == j || !links_[i][j].comm) continue;
-        ncclCommAbort(links_[i][j].comm);
-        links_[i][j].comm = nullptr;
+        if (i == j) continue;
+        for (ncclComm_t* c : {&links_[i][j].send_comm, &links_[i][j].recv_comm}) {
+          if (*c) ncclCommAbort(*c);
+          *c = nullptr;
+        }
       }
     }
   }
@@ -181,8 +187,8 @@ absl::Status NcclEndpoint::Post() {
       const size_t offset = static_cast<size_t>(t.begin) * view.bytes_per_token;
       const size_t bytes = static_cast<size_t>(t.end - t.begin) * view.bytes_per_token;
       KVR_RETURN_IF_ERROR(NcclOk(ncclGroupStart(), "ncclGroupStart"));
-      KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.k + offset, bytes, ncclInt8, link.peer_rank, link.comm, link.recv), "ncclRecv K"));
-      KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.v + offset, bytes, ncclInt8, link.peer_rank, link.comm, link.recv), "ncclRecv V"));
+      KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.k + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv K"));
+      KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.v + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv V"));
       KVR_RETURN_IF_ERROR(NcclOk(ncclGroupEnd(), "ncclGroupEnd"));
       cudaEvent_t done = NewEvent(false);
       KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(done, link.recv), "cudaEventRecord"));
@@ -215,8 +221,8 @@ absl::Status NcclEndpoint::SendLayer(int layer) {
     const size_t offset = static_cast<size_t>(t.begin) * view.bytes_per_token;
     const size_t bytes = static_cast<size_t>(t.end - t.begin) * view.bytes_per_token;
     KVR_RETURN_IF_ERROR(NcclOk(ncclGroupStart(), "ncclGroupStart"));
-    KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.k + offset, bytes, ncclInt8, link.peer_rank, link.comm, link.send), "ncclSend K"));
-    KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.v + offset, bytes, ncclInt8, link.peer_rank, link.comm, link.send), "ncclSend V"));
+    KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.k + offset, bytes, ncclInt8, 1, link.send_comm, link.send), "ncclSend K"));
+    KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.v + offset, bytes, ncclInt8, 1, link.send_comm, link.send), "ncclSend V"));
     KVR_RETURN_IF_ERROR(NcclOk(ncclGroupEnd(), "ncclGroupEnd"));
     stats_.bytes_sent += 2 * bytes;
   }

@@ -1,8 +1,9 @@
 // NCCL point-to-point transport for KV-Runahead across the GPUs of one node.
 //
-// Communicators: one two-rank NCCL communicator per pair of devices, so that a position's
-// receive from its predecessor and its send to its successor are independent operations on
-// independent streams. Streams: per device and peer, one send and one receive stream, apart
+// Communicators: one two-rank NCCL communicator per ordered pair of devices (a direction), so
+// that every receive and send is an independent operation on its own stream; NCCL orders the
+// operations of one communicator by issue, which would deadlock receives posted up front
+// against sends in the other direction on a shared one. Streams: per device and peer, one send and one receive stream, apart
 // from the runner's compute stream. Per prefill and layer l:
 //   - every receive of layer l is posted up front (at Connect) on the receive stream, straight
 //     into the receiver's KV-cache rows (no staging buffer), followed by an event recv_done[l];

@@ -1,0 +1,55 @@
+// KVR-P: a table of searched splits, interpolated for unseen context lengths.
+//
+// The table is JSON, saved under config/ (one file can hold many setups):
+//   {"entries": [{"setup": "llama-7b/4xH100/nvlink", "context": 16384, "sizes": [5120, 4224, 3712, 3328]},
+//                ...]}
+// `setup` names (model shape, GPU count, card, link); entries with the same setup and chunk
+// count form one curve. For a length between two searched lengths, each chunk's share of the
+// context is interpolated linearly in the length; outside the searched range the nearest
+// entry's shares are used. Sizes are then rounded to add up to the length.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/prefill/planner.h"
+
+namespace kvr {
+
+struct SplitEntry {
+  std::string setup;
+  int context = 0;
+  std::vector<int> sizes;
+};
+
+class SplitTable {
+ public:
+  static absl::StatusOr<SplitTable> Load(const std::string& path);
+  static absl::StatusOr<SplitTable> Parse(const std::string& json_text, const std::string& path);
+  std::string ToJson() const;
+
+  void Add(SplitEntry e);
+  const std::vector<SplitEntry>& entries() const { return entries_; }
+  // Interpolated sizes for `context` over `chunks` chunks; NotFound if the setup has no entry
+  // with that many chunks.
+  absl::StatusOr<std::vector<int>> Lookup(const std::string& setup, int context, int chunks) const;
+
+ private:
+  std::vector<SplitEntry> entries_;
+};
+
+class TablePlanner : public Planner {
+ public:
+  TablePlanner(SplitTable table, std::string setup, Topology topology = Topology::kChain)
+      : table_(std::move(table)), setup_(std::move(setup)), topology_(topology) {}
+  absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers, int last_worker) const override;
+  std::string name() const override { return "table"; }
+
+ private:
+  SplitTable table_;
+  std::string setup_;
+  Topology topology_;
+};
+
+}  // namespace kvr

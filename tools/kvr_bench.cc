@@ -1,0 +1,460 @@
+// kvr-bench: time to first token of one prompt's prefill on 1..N GPUs, every way kvr can split
+// it, on random weights of a real model shape. One command prints a table and writes JSON.
+//
+//   kvr-bench --shape llama-7b --gpus 1,2,4 --ctx 1024,4096,8192,16384,32768 --out bench.json
+//
+// Modes (--modes), all in the same engine with the same kernels:
+//   1gpu       the whole prompt on one GPU
+//   tsp        the paper's baseline: even split, all-gather of K/V every layer
+//   kvr-e      KV-Runahead, even split, chain               kvr-e-fan   same, fan-out topology
+//   kvr-cost   KV-Runahead, split from the calibrated cost model (chain; kvr-cost-fan: fan-out)
+//   kvr-s      KV-Runahead, split searched on the device (coarse to fine, from the kvr-cost split)
+//   kvr-p      KV-Runahead, split interpolated from the searched splits of the OTHER lengths
+//              (leave-one-out, so it is a prediction, not a replay)
+// TTFT is the chain's time from the first layer to the first token's logits (cache allocation
+// excluded, as PyTorch's caching allocator excludes it); median of --reps after --warmup runs.
+// --calibrate measures the cost model's rates on GPU 0 and the link between GPUs 0 and 1.
+// --timeline CTX records, for kvr-s at CTX on the most GPUs, each GPU's busy and stalled time.
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "engine/cuda/cuda_runner.h"
+#include "engine/cuda/nccl/nccl_fabric.h"
+#include "engine/prefill/coordinator.h"
+#include "engine/prefill/cost_model.h"
+#include "engine/prefill/split_table.h"
+#include "engine/util/clock.h"
+#include "engine/util/log.h"
+#include "engine/util/status_macros.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, shape, "llama-7b", "llama-7b, llama3-8b or falcon-7b");
+ABSL_FLAG(int, layers, 0, "override the number of layers (0: the shape's)");
+ABSL_FLAG(std::string, gpus, "1,2,4", "GPU counts to run");
+ABSL_FLAG(std::string, ctx, "4096,16384", "context lengths");
+ABSL_FLAG(std::string, modes, "1gpu,tsp,kvr-e,kvr-e-fan,kvr-cost,kvr-cost-fan,kvr-s,kvr-p", "modes");
+ABSL_FLAG(int, reps, 5, "timed runs per point (median reported)");
+ABSL_FLAG(int, warmup, 2, "untimed runs per point");
+ABSL_FLAG(int, search_reps, 2, "timed runs per candidate split in kvr-s");
+ABSL_FLAG(int, search_resolution, 64, "kvr-s stops refining at steps of C / this");
+ABSL_FLAG(std::string, link, "nvlink", "label of the GPU link for the split table (nvlink, p2p-off)");
+ABSL_FLAG(std::string, table, "", "split table to add the kvr-s results to (JSON, see split_table.h)");
+ABSL_FLAG(int, timeline, 0, "context length whose kvr-s per-GPU timeline is recorded");
+ABSL_FLAG(std::string, out, "", "write all results as JSON here");
+
+namespace kvr {
+namespace {
+
+ModelConfig Shape(const std::string& name) {
+  ModelConfig c;
+  c.model_type = name;
+  c.num_layers = 32;
+  c.max_position = 1 << 17;
+  if (name == "llama-7b") {
+    c.hidden_size = 4096; c.num_q_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
+    c.intermediate_size = 11008; c.vocab_size = 32000;
+  } else if (name == "llama3-8b") {
+    c.hidden_size = 4096; c.num_q_heads = 32; c.num_kv_heads = 8; c.head_dim = 128;
+    c.intermediate_size = 14336; c.vocab_size = 128256; c.rope.theta = 500000;
+    c.rope.scaling = RopeConfig::Scaling::kLlama3; c.rope.factor = 8; c.rope.low_freq_factor = 1;
+    c.rope.high_freq_factor = 4; c.rope.original_max_position = 8192;
+  } else if (name == "falcon-7b") {
+    c.arch = Architecture::kFalcon; c.hidden_size = 4544; c.num_q_heads = 71; c.num_kv_heads = 1;
+    c.head_dim = 64; c.intermediate_size = 4 * 4544; c.vocab_size = 65024; c.norm = NormKind::kLayerNorm;
+    c.mlp = MlpKind::kGelu; c.parallel_attn_mlp = true; c.tie_word_embeddings = true;
+  } else {
+    KVR_LOG(ERROR) << "unknown shape " << name << " (llama-7b, llama3-8b, falcon-7b)";
+    std::exit(2);
+  }
+  return c;
+}
+
+std::vector<int> Ints(const std::string& s) {
+  std::vector<int> v;
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int x;
+    if (absl::SimpleAtoi(p, &x)) v.push_back(x);
+  }
+  return v;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::vector<int> SizesOf(const PrefillPlan& plan) {
+  std::vector<int> s;
+  for (int k = 0; k < plan.num_chunks(); ++k) s.push_back(plan.chunk_end(k) - plan.chunk_begin(k));
+  return s;
+}
+
+struct Measurement {
+  double ttft = 0;  // median chain seconds
+  std::vector<double> runs;
+  PrefillResult last;
+};
+
+absl::StatusOr<Measurement> Measure(PrefillCoordinator& co, const std::vector<int32_t>& prompt,
+                                    const PrefillPlan& plan, int warmup, int reps) {
+  Measurement m;
+  for (int i = 0; i < warmup + reps; ++i) {
+    KVR_ASSIGN_OR_RETURN(PrefillResult r, co.Run(prompt, plan, plan.context_len + 1));
+    if (i >= warmup) m.runs.push_back(r.chain_seconds);
+    m.last.cache.reset();  // free the previous run's cache before keeping this one
+    m.last = std::move(r);
+  }
+  m.ttft = Median(m.runs);
+  return m;
+}
+
+// Rates of the cost model, measured on GPU 0 (chunks through every layer) and between GPUs 0
+// and 1 (NCCL send/recv), fitted by least squares.
+absl::StatusOr<DeviceCosts> Calibrate(ModelRunner& runner, const LayerShape& shape, int gpus) {
+  struct Point { int n, s; double t; };
+  std::vector<Point> pts = {{1024, 0, 0}, {4096, 0, 0}, {2048, 8192, 0}, {1024, 16384, 0}};
+  std::mt19937 rng(3);
+  for (Point& p : pts) {
+    KVR_ASSIGN_OR_RETURN(auto cache, runner.NewKvCache(p.s + p.n));
+    std::vector<int32_t> tokens(p.n);
+    for (auto& t : tokens) t = rng() % runner.config().vocab_size;
+    std::vector<double> runs;
+    for (int rep = 0; rep < 4; ++rep) {
+      KVR_RETURN_IF_ERROR(runner.Synchronize());
+      const auto t0 = SteadyClock::now();
+      KVR_ASSIGN_OR_RETURN(auto chunk, runner.BeginChunk(tokens, p.s, *cache));
+      for (int l = 0; l < shape.num_layers; ++l) {
+        KVR_RETURN_IF_ERROR(runner.LayerQkv(*chunk, l));
+        KVR_RETURN_IF_ERROR(runner.LayerAttnMlp(*chunk, l));
+      }
+      KVR_RETURN_IF_ERROR(runner.Synchronize());
+      if (rep > 0) runs.push_back(SecondsSince(t0));
+    }
+    p.t = Median(runs);
+  }
+  // t / L = n * G * g + pairs * A * a + o, unknowns g = 1/gemm_rate, a = 1/attn_rate, o.
+  double ata[3][3] = {}, atb[3] = {};
+  for (const Point& p : pts) {
+    const double pairs = double(p.n) * p.s + double(p.n) * (p.n + 1) / 2;
+    const double row[3] = {p.n * (shape.gemm_flops_qkv + shape.gemm_flops_rest), pairs * shape.attn_flops_per_pair, 1};
+    const double y = p.t / shape.num_layers;
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 3; ++j) ata[i][j] += row[i] * row[j];
+      atb[i] += row[i] * y;
+    }
+  }
+  // Gaussian elimination on the 3x3 normal equations.
+  for (int i = 0; i < 3; ++i) {
+    for (int r = i + 1; r < 3; ++r) {
+      const double f = ata[r][i] / ata[i][i];
+      for (int c = i; c < 3; ++c) ata[r][c] -= f * ata[i][c];
+      atb[r] -= f * atb[i];
+    }
+  }
+  double x[3];
+  for (int i = 2; i >= 0; --i) {
+    double v = atb[i];
+    for (int c = i + 1; c < 3; ++c) v -= ata[i][c] * x[c];
+    x[i] = v / ata[i][i];
+  }
+  DeviceCosts costs;
+  costs.gemm_flops_per_s = 1 / std::max(x[0], 1e-18);
+  costs.attn_flops_per_s = 1 / std::max(x[1], 1e-18);
+  costs.layer_overhead_s = std::max(x[2], 0.0);
+  for (const Point& p : pts) {
+    KVR_LOG(INFO) << "calibration chunk n=" << p.n << " at s=" << p.s << ": " << p.t * 1e3 << " ms";
+  }
+  if (gpus >= 2) {
+    ncclComm_t comms[2];
+    int devs[2] = {0, 1};
+    if (ncclCommInitAll(comms, 2, devs) != ncclSuccess) return absl::InternalError("ncclCommInitAll failed");
+    void* buf[2];
+    cudaStream_t st[2];
+    const size_t big = 256ull << 20, small = 64 << 10;
+    for (int d = 0; d < 2; ++d) {
+      cudaSetDevice(d);
+      cudaMalloc(&buf[d], big);
+      cudaStreamCreate(&st[d]);
+    }
+    auto xfer = [&](size_t bytes) {
+      std::vector<double> runs;
+      for (int rep = 0; rep < 6; ++rep) {
+        const auto t0 = SteadyClock::now();
+        ncclGroupStart();
+        ncclSend(buf[0], bytes, ncclInt8, 1, comms[0], st[0]);
+        ncclRecv(buf[1], bytes, ncclInt8, 0, comms[1], st[1]);
+        ncclGroupEnd();
+        for (int d = 0; d < 2; ++d) { cudaSetDevice(d); cudaStreamSynchronize(st[d]); }
+        if (rep > 0) runs.push_back(SecondsSince(t0));
+      }
+      return Median(runs);
+    };
+    const double t_small = xfer(small), t_big = xfer(big);
+    costs.link_bytes_per_s = (big - small) / std::max(t_big - t_small, 1e-9);
+    costs.link_latency_s = std::max(0.0, t_small - small / costs.link_bytes_per_s);
+    for (int d = 0; d < 2; ++d) {
+      cudaSetDevice(d);
+      cudaFree(buf[d]);
+      cudaStreamDestroy(st[d]);
+      ncclCommDestroy(comms[d]);
+    }
+  }
+  KVR_LOG(INFO) << "calibrated: " << costs.ToString();
+  return costs;
+}
+
+// Logits and the K/V of the first and last layer of a prefill's final cache, on the host.
+struct Reference {
+  std::vector<float> logits;
+  std::vector<float> kv;
+};
+
+Reference TakeReference(PrefillCoordinator& co, const PrefillResult& r, int C) {
+  Reference ref;
+  ref.logits = r.logits;
+  ModelRunner& owner = co.runner(r.owner);
+  const int L = owner.config().num_layers;
+  for (int l : {0, L - 1}) {
+    std::vector<float> k, v;
+    absl::Status s = co.RunOn(r.owner, [&] { return owner.ReadKv(*r.cache, l, 0, C, &k, &v); });
+    if (!s.ok()) KVR_LOG(WARNING) << "ReadKv: " << s;
+    ref.kv.insert(ref.kv.end(), k.begin(), k.end());
+    ref.kv.insert(ref.kv.end(), v.begin(), v.end());
+  }
+  return ref;
+}
+
+// max |a - b| / max |b|; 1e9 when the sizes differ or a value is not finite.
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || b.empty()) return 1e9;
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - b[i]);
+    if (!std::isfinite(d)) return 1e9;
+    diff = std::max(diff, d);
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+std::string CardName() {
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::string name = prop.name;
+  if (name.find("H200") != std::string::npos) return "H200";
+  if (name.find("H100") != std::string::npos) return "H100";
+  return name;
+}
+
+absl::Status Run() {
+  ModelConfig config = Shape(absl::GetFlag(FLAGS_shape));
+  if (absl::GetFlag(FLAGS_layers) > 0) config.num_layers = absl::GetFlag(FLAGS_layers);
+  const std::vector<int> gpu_counts = Ints(absl::GetFlag(FLAGS_gpus));
+  const std::vector<int> contexts = Ints(absl::GetFlag(FLAGS_ctx));
+  std::vector<std::string> modes = absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty());
+  auto has = [&](const std::string& m) { return std::find(modes.begin(), modes.end(), m) != modes.end(); };
+  const int reps = absl::GetFlag(FLAGS_reps), warmup = absl::GetFlag(FLAGS_warmup);
+  const int available = CudaDeviceCount();
+  const int max_gpus = *std::max_element(gpu_counts.begin(), gpu_counts.end());
+  if (available < max_gpus) {
+    return absl::FailedPreconditionError(absl::StrCat(max_gpus, " GPUs asked for, ", available, " present"));
+  }
+  const std::string card = CardName();
+  KVR_LOG(INFO) << "kvr-bench: " << config.model_type << " (L=" << config.num_layers << "), " << available
+                << "x " << card << ", contexts " << absl::GetFlag(FLAGS_ctx);
+
+  std::vector<std::unique_ptr<ModelRunner>> runners;
+  for (int d = 0; d < max_gpus; ++d) {
+    KVR_LOG(INFO) << "creating random " << config.model_type << " weights on GPU " << d;
+    KVR_ASSIGN_OR_RETURN(auto r, MakeRandomCudaRunner(config, d, CudaRunnerOptions{}, 1));
+    runners.push_back(std::move(r));
+  }
+  const LayerShape shape = LayerShape::Of(config, 2);
+  DeviceCosts costs;
+  {
+    SelectCudaDevice(0);
+    KVR_ASSIGN_OR_RETURN(costs, Calibrate(*runners[0], shape, max_gpus));
+  }
+  nlohmann::json out;
+  out["shape"] = config.model_type;
+  out["layers"] = config.num_layers;
+  out["card"] = card;
+  out["link"] = absl::GetFlag(FLAGS_link);
+  out["calibration"] = {{"gemm_tflops", costs.gemm_flops_per_s / 1e12}, {"attn_tflops", costs.attn_flops_per_s / 1e12},
+                        {"layer_overhead_us", costs.layer_overhead_s * 1e6}, {"link_gbps", costs.link_bytes_per_s / 1e9},
+                        {"link_latency_us", costs.link_latency_s * 1e6}};
+  SplitTable table;
+  if (!absl::GetFlag(FLAGS_table).empty()) {
+    auto loaded = SplitTable::Load(absl::GetFlag(FLAGS_table));
+    if (loaded.ok()) table = *loaded;
+  }
+  std::mt19937 rng(11);
+  std::vector<int32_t> prompt_all(*std::max_element(contexts.begin(), contexts.end()));
+  for (auto& t : prompt_all) t = rng() % config.vocab_size;
+
+  for (int p : gpu_counts) {
+    std::vector<ModelRunner*> ptrs;
+    for (int d = 0; d < p; ++d) ptrs.push_back(runners[d].get());
+    std::unique_ptr<ChainFabric> fabric;
+    if (p > 1) {
+      SelectCudaDevice(0);
+      KVR_ASSIGN_OR_RETURN(fabric, MakeNcclFabric(p));
+    } else {
+      fabric = MakeNcclFabric(1).value();
+    }
+    PrefillCoordinator co(ptrs, std::move(fabric), [](int d) { SelectCudaDevice(d); });
+    const std::string setup = absl::StrCat(config.model_type, "/", p, "x", card, "/", absl::GetFlag(FLAGS_link));
+    std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
+    for (int C : contexts) {
+      const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + C);
+      // The one-GPU prefill on GPU 0 is the reference every split is checked against: logits
+      // and the K/V of the first and last layer in the final cache, relative to their largest
+      // magnitude (bf16: expect ~1e-2 from the different chunking of the matrix products).
+      Reference ref;
+      if (p > 1) {
+        auto one = Measure(co, prompt, *FixedPlanner({C}).Plan(C, p, 0), 0, 1);
+        if (!one.ok()) return one.status();
+        ref = TakeReference(co, one->last, C);
+      }
+      auto record = [&](const std::string& mode, const PrefillPlan& plan, const Measurement& m, nlohmann::json extra) {
+        nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", mode}, {"ttft_ms", m.ttft * 1e3},
+                            {"runs_ms", m.runs}, {"plan", plan.ToString()}, {"sizes", SizesOf(plan)}};
+        for (auto& [k, v] : extra.items()) j[k] = v;
+        nlohmann::json workers = nlohmann::json::array();
+        for (const WorkerTiming& w : m.last.workers) {
+          workers.push_back({{"gpu", w.worker}, {"begin", w.begin}, {"end", w.end}, {"busy_ms", w.busy_seconds * 1e3},
+                             {"stall_ms", w.wait_seconds * 1e3}, {"kv_bytes_sent", w.kv_bytes_sent}});
+        }
+        j["workers"] = workers;
+        out["results"].push_back(j);
+        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms   %s\n", mode.c_str(), p, C, m.ttft * 1e3, plan.ToString().c_str());
+        std::fflush(stdout);
+      };
+      auto run_plan = [&](const std::string& mode, absl::StatusOr<PrefillPlan> plan, nlohmann::json extra = {}) -> absl::Status {
+        if (!plan.ok()) return plan.status();
+        auto m = Measure(co, prompt, *plan, warmup, reps);
+        if (!m.ok()) {
+          KVR_LOG(WARNING) << mode << " at " << p << " GPUs, C=" << C << ": " << m.status();
+          out["results"].push_back({{"gpus", p}, {"ctx", C}, {"mode", mode}, {"error", std::string(m.status().message())}});
+          return absl::OkStatus();
+        }
+        if (p > 1) {
+          const Reference mine = TakeReference(co, m->last, C);
+          extra["logits_rel_err"] = RelErr(mine.logits, ref.logits);
+          extra["kv_rel_err"] = std::max(RelErr(mine.kv, ref.kv), 0.0);
+        }
+        m->last.cache.reset();
+        record(mode, *plan, *m, extra);
+        return absl::OkStatus();
+      };
+      const int last = p - 1;
+      if (p == 1) {
+        if (has("1gpu")) KVR_RETURN_IF_ERROR(run_plan("1gpu", FixedPlanner({C}).Plan(C, 1, 0)));
+        continue;
+      }
+      if (has("kvr-e")) KVR_RETURN_IF_ERROR(run_plan("kvr-e", EvenPlanner(Topology::kChain).Plan(C, p, last)));
+      if (has("kvr-e-fan")) KVR_RETURN_IF_ERROR(run_plan("kvr-e-fan", EvenPlanner(Topology::kFanOut).Plan(C, p, last)));
+      const CostModelPlanner cost_chain(shape, costs, Topology::kChain), cost_fan(shape, costs, Topology::kFanOut);
+      auto cost_plan = cost_chain.Plan(C, p, last);
+      if (has("kvr-cost")) {
+        KVR_RETURN_IF_ERROR(run_plan("kvr-cost", cost_plan,
+                                     {{"predicted_ms", SimulatePrefill(shape, costs, SizesOf(*cost_plan), Topology::kChain) * 1e3}}));
+      }
+      if (has("kvr-cost-fan")) {
+        auto fan_plan = cost_fan.Plan(C, p, last);
+        KVR_RETURN_IF_ERROR(run_plan("kvr-cost-fan", fan_plan,
+                                     {{"predicted_ms", SimulatePrefill(shape, costs, SizesOf(*fan_plan), Topology::kFanOut) * 1e3}}));
+      }
+      if (has("kvr-s")) {
+        const auto t0 = SteadyClock::now();
+        int evals = 0;
+        bool failed = false;
+        auto measured = [&](const std::vector<int>& sizes) {
+          auto plan = FixedPlanner(sizes, Topology::kChain).Plan(C, p, last);
+          auto m = plan.ok() ? Measure(co, prompt, *plan, 1, absl::GetFlag(FLAGS_search_reps))
+                             : absl::StatusOr<Measurement>(plan.status());
+          if (!m.ok()) { failed = true; return 1e9; }
+          m->last.cache.reset();
+          return m->ttft;
+        };
+        const std::vector<int> best =
+            SearchSplit(C, p, measured, std::max(16, C / absl::GetFlag(FLAGS_search_resolution)), SizesOf(*cost_plan), &evals);
+        const double search_s = SecondsSince(t0);
+        if (!failed) {
+          searched[C] = best;
+          table.Add({setup, C, best});
+          // How far the cost model's own optimum (searched exhaustively on a grid in simulation)
+          // lies from the measured search: the model's error, not the search's.
+          KVR_RETURN_IF_ERROR(run_plan("kvr-s", FixedPlanner(best, Topology::kChain).Plan(C, p, last),
+                                       {{"search_seconds", search_s}, {"search_evaluations", evals}}));
+          if (absl::GetFlag(FLAGS_timeline) == C && p == max_gpus) {
+            auto plan = FixedPlanner(best, Topology::kChain).Plan(C, p, last);
+            auto m = Measure(co, prompt, *plan, 1, 1);
+            if (m.ok()) {
+              m->last.cache.reset();
+              nlohmann::json tl = nlohmann::json::array();
+              for (const WorkerTiming& w : m->last.workers) {
+                tl.push_back({{"gpu", w.worker}, {"chunk", {w.begin, w.end}}, {"busy_ms", w.busy_seconds * 1e3},
+                              {"stall_ms", w.wait_seconds * 1e3}, {"kv_bytes_sent", w.kv_bytes_sent}});
+              }
+              out["timeline"] = {{"gpus", p}, {"ctx", C}, {"ttft_ms", m->ttft * 1e3}, {"workers", tl}};
+            }
+          }
+        }
+      }
+      // TSP last: the baseline.
+      if (has("tsp")) KVR_RETURN_IF_ERROR(run_plan("tsp", EvenPlanner(Topology::kAllGather).Plan(C, p, last)));
+    }
+    if (has("kvr-p") && searched.size() >= 2) {
+      for (int C : contexts) {
+        SplitTable others;
+        for (auto& [c, sizes] : searched) if (c != C) others.Add({setup, c, sizes});
+        const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + C);
+        auto plan = TablePlanner(others, setup, Topology::kChain).Plan(C, p, p - 1);
+        if (!plan.ok()) continue;
+        auto m = Measure(co, prompt, *plan, warmup, reps);
+        if (!m.ok()) continue;
+        m->last.cache.reset();
+        nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", "kvr-p"}, {"ttft_ms", m->ttft * 1e3},
+                            {"runs_ms", m->runs}, {"plan", plan->ToString()}, {"sizes", SizesOf(*plan)}};
+        out["results"].push_back(j);
+        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms   %s\n", "kvr-p", p, C, m->ttft * 1e3, plan->ToString().c_str());
+      }
+    }
+  }
+  if (!absl::GetFlag(FLAGS_out).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_out)) << out.dump(1);
+  }
+  if (!absl::GetFlag(FLAGS_table).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_table)) << table.ToJson();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace kvr
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  absl::Status s = kvr::Run();
+  if (!s.ok()) {
+    std::fprintf(stderr, "kvr-bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
