@@ -98,6 +98,12 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+std::vector<double> Millis(const std::vector<double>& seconds) {
+  std::vector<double> ms;
+  for (double s : seconds) ms.push_back(s * 1e3);
+  return ms;
+}
+
 std::vector<int> SizesOf(const PrefillPlan& plan) {
   std::vector<int> s;
   for (int k = 0; k < plan.num_chunks(); ++k) s.push_back(plan.chunk_end(k) - plan.chunk_begin(k));
@@ -333,7 +339,7 @@ absl::Status Run() {
       }
       auto record = [&](const std::string& mode, const PrefillPlan& plan, const Measurement& m, nlohmann::json extra) {
         nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", mode}, {"ttft_ms", m.ttft * 1e3},
-                            {"runs_ms", m.runs}, {"plan", plan.ToString()}, {"sizes", SizesOf(plan)}};
+                            {"runs_ms", Millis(m.runs)}, {"plan", plan.ToString()}, {"sizes", SizesOf(plan)}};
         for (auto& [k, v] : extra.items()) j[k] = v;
         nlohmann::json workers = nlohmann::json::array();
         for (const WorkerTiming& w : m.last.workers) {
@@ -431,7 +437,7 @@ absl::Status Run() {
         if (!m.ok()) continue;
         m->last.cache.reset();
         nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", "kvr-p"}, {"ttft_ms", m->ttft * 1e3},
-                            {"runs_ms", m->runs}, {"plan", plan->ToString()}, {"sizes", SizesOf(*plan)}};
+                            {"runs_ms", Millis(m->runs)}, {"plan", plan->ToString()}, {"sizes", SizesOf(*plan)}};
         out["results"].push_back(j);
         std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms   %s\n", "kvr-p", p, C, m->ttft * 1e3, plan->ToString().c_str());
       }

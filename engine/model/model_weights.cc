@@ -63,6 +63,19 @@ WeightRef Concat(std::vector<const TensorView*> parts) {
   return w;
 }
 
+absl::Status WeightBinder::LmHead(ModelWeights* w) const {
+  const ModelConfig& c = folder_.config();
+  if (c.tie_word_embeddings) {
+    w->lm_head = w->embed;
+    return absl::OkStatus();
+  }
+  if (folder_.Has("lm_head.weight")) {
+    return Matrix(&w->lm_head, "lm_head.weight", c.vocab_size, c.hidden_size, "(V, C)");
+  }
+  return absl::NotFoundError(absl::StrCat(folder_.dir(), ": tensor \"lm_head.weight\": missing, and config.json "
+                                          "has tie_word_embeddings false"));
+}
+
 }  // namespace weights_internal
 
 absl::StatusOr<ModelWeights> BindWeights(const ModelFolder& folder) {

@@ -66,14 +66,7 @@ absl::Status BindFalconWeights(const ModelFolder& folder, ModelWeights* w) {
   }
   KVR_RETURN_IF_ERROR(b.Vector(&w->final_norm_w, "transformer.ln_f.weight", C, "(C)"));
   KVR_RETURN_IF_ERROR(b.Vector(&w->final_norm_b, "transformer.ln_f.bias", C, "(C)"));
-  if (c.tie_word_embeddings) {
-    w->lm_head = w->embed;  // FalconForCausalLM ties lm_head to the embedding by default
-  } else if (folder.Has("lm_head.weight")) {
-    KVR_RETURN_IF_ERROR(b.Matrix(&w->lm_head, "lm_head.weight", V, C, "(V, C)"));
-  } else {
-    return absl::NotFoundError(absl::StrCat(folder.dir(), ": tensor \"lm_head.weight\": missing, and config.json "
-                                            "has tie_word_embeddings false"));
-  }
+  KVR_RETURN_IF_ERROR(b.LmHead(w));
   return absl::OkStatus();
 }
 

@@ -27,6 +27,10 @@ class WeightBinder {
   // Rows [begin, begin + count) of a 1-D or 2-D tensor, as a view that lives in weights->slices.
   const TensorView* Slice(const TensorView& t, int64_t begin, int64_t count);
 
+  // lm_head (V, C): the embedding when config.json ties them (as transformers does, whether or
+  // not lm_head.weight is stored), else the stored "lm_head.weight", else NotFound.
+  absl::Status LmHead(ModelWeights* w) const;
+
   const ModelFolder& folder() const { return folder_; }
 
  private:
