@@ -32,8 +32,10 @@ FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION} AS runtime
 COPY scripts/install-deps.sh /tmp/install-deps.sh
 RUN /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
 COPY --from=build /src/kvr/build/server/kvrd /opt/kvr/bin/kvrd
-# Every shared library kvrd needs must be here now; libcuda comes from the driver at run time.
-RUN if ldd /opt/kvr/bin/kvrd | grep -v 'libcuda\.so' | grep 'not found'; then \
+# The CUDA backend module, which kvrd loads at run time (engine/core/cuda_backend.h says why).
+COPY --from=build /src/kvr/build/lib/libkvr_cuda_backend.so /opt/kvr/lib/kvr/libkvr_cuda_backend.so
+# Every shared library kvrd and the module need must be here now; libcuda comes from the driver.
+RUN if ldd /opt/kvr/bin/kvrd /opt/kvr/lib/kvr/libkvr_cuda_backend.so | grep -v 'libcuda\.so' | grep 'not found'; then \
       echo "runtime image lacks the libraries above: fix install-deps.sh --runtime" >&2; exit 1; fi
 COPY --from=build /src/kvr/models/kvr-demo /opt/kvr/models/kvr-demo
 COPY deploy/kvrd/entrypoint.sh /opt/kvr/bin/kvrd-entrypoint

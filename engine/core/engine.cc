@@ -5,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/core/cuda_backend.h"
 #include "engine/cpu/cpu_runner.h"
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/inproc_transport.h"
@@ -12,21 +13,9 @@
 #include "engine/util/clock.h"
 #include "engine/util/log.h"
 #include "engine/util/status_macros.h"
-#ifdef KVR_WITH_CUDA_BACKEND
-#include "engine/cuda/cuda_runner.h"
-#include "engine/cuda/nccl/nccl_fabric.h"
-#endif
 
 namespace kvr {
 namespace {
-
-int GpuCount() {
-#ifdef KVR_WITH_CUDA_BACKEND
-  return CudaDeviceCount();
-#else
-  return 0;
-#endif
-}
 
 // Rates used by the cost-model planner until a calibration is loaded: a CPU worker's rough
 // speed. The CUDA backend supplies measured ones (kvr-bench --calibrate).
@@ -82,13 +71,24 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   const auto t0 = SteadyClock::now();
 
   // Backend: CUDA when asked for or when auto finds a GPU.
-  const int gpus = GpuCount();
-  if (options.backend == "cuda" && gpus == 0) {
-    return absl::FailedPreconditionError(
-        "backend \"cuda\" was asked for, but no CUDA device is usable here (use --backend=cpu or auto)");
-  }
   if (options.backend != "auto" && options.backend != "cpu" && options.backend != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("unknown backend \"", options.backend, "\" (allowed: auto, cpu, cuda)"));
+  }
+  int gpus = 0;
+  std::string no_gpu_reason;
+  if (options.backend != "cpu") {
+    absl::StatusOr<std::unique_ptr<CudaBackend>> cuda = CudaBackend::Load();
+    if (cuda.ok()) {
+      engine->cuda_ = std::move(*cuda);
+      gpus = engine->cuda_->api().device_count();
+      if (gpus == 0) no_gpu_reason = "the CUDA backend found no usable GPU";
+    } else {
+      no_gpu_reason = std::string(cuda.status().message());
+    }
+  }
+  if (options.backend == "cuda" && gpus == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("backend \"cuda\" was asked for, but ", no_gpu_reason,
+                                                      " (use --backend=cpu or auto)"));
   }
   engine->backend_ = (options.backend == "cpu" || gpus == 0) ? "cpu" : "cuda";
   int workers = options.workers;
@@ -98,7 +98,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   }
   KVR_LOG(INFO) << "loading model from " << options.model_dir << " for the " << engine->backend_
                 << " backend with " << workers << " prefill worker" << (workers == 1 ? "" : "s")
-                << (engine->backend_ == "cpu" && gpus == 0 ? " (no GPU found)" : "");
+                << (engine->backend_ == "cpu" && options.backend == "auto" ? " (no GPU: " + no_gpu_reason + ")" : "");
 
   KVR_ASSIGN_OR_RETURN(engine->folder_,
                        ModelFolder::Open(options.model_dir, [](int done, int total, const std::string& path) {
@@ -127,10 +127,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     if (engine->backend_ == "cpu") {
       KVR_ASSIGN_OR_RETURN(runner, MakeCpuRunner(config, engine->weights_, CpuRunnerOptions{options.cpu_threads, w}));
     } else {
-#ifdef KVR_WITH_CUDA_BACKEND
-      KVR_ASSIGN_OR_RETURN(runner, MakeCudaRunner(*engine->folder_, engine->weights_, w, CudaRunnerOptions{}));
+      KVR_ASSIGN_OR_RETURN(runner, engine->cuda_->api().make_runner(*engine->folder_, engine->weights_, w));
       element_bytes = 2;
-#endif
     }
     const MemoryReport mem = runner->memory();
     KVR_LOG(INFO) << "worker " << w << " ready on " << runner->device_name() << ": weights "
@@ -140,10 +138,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   if (engine->backend_ == "cpu") {
     fabric = MakeInProcessFabric();
   } else {
-#ifdef KVR_WITH_CUDA_BACKEND
-    KVR_ASSIGN_OR_RETURN(fabric, MakeNcclFabric(workers));
-    on_thread_start = [](int device) { SelectCudaDevice(device); };
-#endif
+    KVR_ASSIGN_OR_RETURN(fabric, engine->cuda_->api().make_fabric(workers));
+    on_thread_start = [select = engine->cuda_->api().select_device](int device) { select(device); };
   }
   std::vector<ModelRunner*> ptrs;
   for (auto& r : engine->runners_) ptrs.push_back(r.get());

@@ -20,6 +20,7 @@
 namespace kvr {
 
 class Tokenizer;
+class CudaBackend;
 
 struct EngineOptions {
   std::string model_dir;
@@ -57,6 +58,7 @@ class Engine {
   Engine() = default;
   EngineOptions options_;
   std::string backend_;
+  std::unique_ptr<CudaBackend> cuda_;  // the loaded CUDA module, when the backend is CUDA
   std::unique_ptr<ModelFolder> folder_;
   ModelWeights weights_;
   std::unique_ptr<Tokenizer> tokenizer_;

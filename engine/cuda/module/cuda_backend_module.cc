@@ -1,0 +1,22 @@
+// libkvr_cuda_backend.so: the CUDA backend's entry points for engine/core/cuda_backend.h.
+#include "engine/core/cuda_backend.h"
+#include "engine/cuda/cuda_runner.h"
+#include "engine/cuda/nccl/nccl_fabric.h"
+
+namespace {
+
+const kvr::CudaBackendApi kApi = {
+    /*device_count=*/[] { return kvr::CudaDeviceCount(); },
+    /*make_runner=*/
+    [](const kvr::ModelFolder& folder, const kvr::ModelWeights& weights, int device) {
+      return kvr::MakeCudaRunner(folder, weights, device, kvr::CudaRunnerOptions{});
+    },
+    /*make_fabric=*/[](int devices) { return kvr::MakeNcclFabric(devices); },
+    /*select_device=*/[](int device) { kvr::SelectCudaDevice(device); },
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) const kvr::CudaBackendApi* kvr_cuda_backend_api() {
+  return &kApi;
+}
