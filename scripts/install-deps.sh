@@ -15,7 +15,10 @@ BUILD_PKGS=(
   libgtest-dev libgmock-dev
   python3 python3-numpy python3-grpcio python3-grpc-tools
   prometheus docker-compose
+  clang libclang-rt-dev openssl
 )
+# clang + libclang-rt-dev (libFuzzer's runtime): tests/fuzz (CTest fuzz_smoke); openssl makes the
+# TLS certificate of tests/server/security_test.py.
 # Run-time libraries by their Debian 12 names. Distributions that went through the 64-bit time_t
 # transition (Ubuntu 24.04, the CUDA images' base) renamed some of them with a "t64" suffix:
 # each name is resolved to whichever of NAME and NAMEt64 the archive has. python3-grpcio is for

@@ -31,6 +31,13 @@ const Field kFields[] = {
     {"decode_steps_per_prefill", nullptr, &ServerConfig::decode_steps_per_prefill},
     {"shutdown_timeout_s", nullptr, &ServerConfig::shutdown_timeout_s},
     {"testing_decode_delay_ms", nullptr, &ServerConfig::testing_decode_delay_ms},
+    {"tls_cert", &ServerConfig::tls_cert},
+    {"tls_key", &ServerConfig::tls_key},
+    {"auth_token", &ServerConfig::auth_token},
+    {"auth_token_file", &ServerConfig::auth_token_file},
+    {"max_message_bytes", nullptr, &ServerConfig::max_message_bytes},
+    {"max_prompt_bytes", nullptr, &ServerConfig::max_prompt_bytes},
+    {"unhealthy_after_failures", nullptr, &ServerConfig::unhealthy_after_failures},
 };
 
 std::string AllowedKeys() {
@@ -45,7 +52,9 @@ nlohmann::json ServerConfig::ToJson() const {
   nlohmann::json j = nlohmann::json::object();
   for (const Field& f : kFields) {
     if (f.str != nullptr) {
-      j[f.key] = this->*f.str;
+      // The token is a secret: the config in effect is logged.
+      const bool secret = f.str == &ServerConfig::auth_token && !auth_token.empty();
+      j[f.key] = secret ? std::string("(set)") : this->*f.str;
     } else {
       j[f.key] = this->*f.num;
     }
@@ -71,6 +80,15 @@ absl::Status ServerConfig::Validate() const {
   if (testing_decode_delay_ms < 0 || testing_decode_delay_ms > 10000)
     return bad("testing_decode_delay_ms", "must be in [0, 10000]");
   if (listen.empty()) return bad("listen", "an address is required, e.g. 127.0.0.1:50051");
+  if (tls_cert.empty() != tls_key.empty())
+    return bad(tls_cert.empty() ? "tls_cert" : "tls_key",
+               "TLS needs both a certificate (--tls_cert) and its private key (--tls_key)");
+  if (!auth_token.empty() && !auth_token_file.empty())
+    return bad("auth_token", "give the token once: --auth_token or --auth_token_file");
+  if (max_message_bytes < 1024) return bad("max_message_bytes", "must be >= 1024");
+  if (max_prompt_bytes < 1) return bad("max_prompt_bytes", "must be >= 1");
+  if (unhealthy_after_failures < 0)
+    return bad("unhealthy_after_failures", "must be >= 0 (0 = health ignores backend failures)");
   return absl::OkStatus();
 }
 

@@ -26,6 +26,16 @@ struct ServerConfig {
   int decode_steps_per_prefill = 1;        // starvation policy, see engine/serving/scheduler.h
   int shutdown_timeout_s = 30;             // SIGTERM: time given to running streams
   int testing_decode_delay_ms = 0;         // tests only: sleep in every decode step
+  // Security (docs/api.md, "Security"): TLS for gRPC when both files are given; a bearer token
+  // that every kvr.v1.Kvr call must carry when set (health and reflection stay open); limits
+  // on a received message and on a text prompt, checked before tokenizing.
+  std::string tls_cert;                    // PEM certificate chain file
+  std::string tls_key;                     // PEM private key file
+  std::string auth_token;                  // "authorization: Bearer <token>"; "" = off
+  std::string auth_token_file;             // file holding the token (kept out of `ps`)
+  int max_message_bytes = 8 << 20;         // largest gRPC message received
+  int max_prompt_bytes = 4 << 20;          // largest text prompt (Generate, Tokenize)
+  int unhealthy_after_failures = 3;        // backend failures in a row that turn health NOT_SERVING
   std::string config;                      // the JSON file these came from, if any
 
   // Every key of the JSON form, in order.

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +18,7 @@
 #include "engine/util/clock.h"
 #include "engine/util/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -30,8 +33,39 @@
 namespace kvr {
 namespace {
 
-constexpr int kMaxMessageBytes = 32 << 20;
 const char kServiceName[] = "kvr.v1.Kvr";
+
+absl::StatusOr<std::string> ReadSecretFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Insecure credentials, or TLS from the PEM files of --tls_cert / --tls_key.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ListenCredentials(const ServerConfig& c) {
+  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  absl::StatusOr<std::string> cert = ReadSecretFile("tls_cert", c.tls_cert);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadSecretFile("tls_key", c.tls_key);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
+// The bearer token: --auth_token, or the first line of --auth_token_file.
+absl::StatusOr<std::string> AuthToken(const ServerConfig& c) {
+  if (c.auth_token_file.empty()) return c.auth_token;
+  absl::StatusOr<std::string> text = ReadSecretFile("auth_token_file", c.auth_token_file);
+  if (!text.ok()) return text.status();
+  std::string token = text->substr(0, text->find_first_of("\r\n"));
+  if (token.empty())
+    return absl::InvalidArgumentError(absl::StrCat("auth_token_file: ", c.auth_token_file,
+                                                   " holds no token on its first line"));
+  return token;
+}
 
 std::string BaseName(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
@@ -71,6 +105,14 @@ class DaemonExecutor : public CoordinatorExecutor {
 int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   KVR_LOG(INFO) << "kvrd " << KVR_VERSION << " starting; config in effect: " << c.ToJson().dump();
   const auto t0 = SteadyClock::now();
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ListenCredentials(c);
+  absl::StatusOr<std::string> auth_token = AuthToken(c);
+  for (const absl::Status& s : {credentials.status(), auth_token.status()}) {
+    if (!s.ok()) {
+      KVR_LOG(ERROR) << "bad config: " << s.message();
+      return 2;
+    }
+  }
 
   EngineOptions eo;
   eo.model_dir = c.model;
@@ -124,6 +166,18 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   svc.limits.name = BaseName(c.model);
   svc.limits.vocab_size = model.vocab_size;
   svc.limits.max_model_len = max_model_len;
+  svc.limits.max_prompt_bytes = static_cast<size_t>(c.max_prompt_bytes);
+  svc.auth_token = *auth_token;
+  svc.unhealthy_after_failures = c.unhealthy_after_failures;
+  // Health follows the backend (see ServiceOptions), never back to SERVING once draining.
+  std::atomic<grpc::HealthCheckServiceInterface*> health_service{nullptr};
+  std::atomic<bool> draining{false};
+  svc.set_serving = [&health_service, &draining](bool serving) {
+    grpc::HealthCheckServiceInterface* h = health_service.load();
+    if (h == nullptr || (serving && draining.load())) return;
+    h->SetServingStatus(serving);
+    h->SetServingStatus(kServiceName, serving);
+  };
   svc.metrics = &metrics;
   v1::ServerInfo& info = svc.server_info;
   info.set_version(KVR_VERSION);
@@ -141,9 +195,9 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(c.listen, *credentials, &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxReceiveMessageSize(c.max_message_bytes);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     KVR_LOG(ERROR) << "cannot listen on " << c.listen;
@@ -153,10 +207,12 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
+  health_service = health;
   KVR_LOG(INFO) << "kvrd ready in " << SecondsSince(t0) << " s: gRPC on "
                 << c.listen.substr(0, c.listen.rfind(':')) << ":" << port << ", metrics on "
                 << c.metrics_listen.substr(0, c.metrics_listen.rfind(':')) << ":" << *metrics_port
-                << "/metrics; model " << model.Summary() << ", max_model_len " << max_model_len
+                << "/metrics" << (c.tls_cert.empty() ? "" : "; TLS")
+                << (auth_token->empty() ? "" : "; bearer token required") << "; model " << model.Summary() << ", max_model_len " << max_model_len
                 << ", " << engine->num_workers() << " " << engine->backend() << " workers";
 
   int sig = 0;
@@ -164,6 +220,7 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   }
   KVR_LOG(INFO) << "received " << strsignal(sig) << ": not admitting new requests, giving running "
                 << "streams up to " << c.shutdown_timeout_s << " s";
+  draining = true;
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
   scheduler.StopAdmitting();

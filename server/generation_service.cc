@@ -102,12 +102,17 @@ struct StreamState {
 
 class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateReactor(GenerationService* service, const v1::GenerateRequest* request)
+  GenerateReactor(GenerationService* service, const v1::GenerateRequest* request,
+                  absl::Status auth)
       : service_(service), state_(std::make_shared<StreamState>()) {
     service_->StreamStarted();
     {
       absl::MutexLock lock(&state_->mu);
       state_->reactor = this;
+    }
+    if (!auth.ok()) {
+      FinishNow(auth);
+      return;
     }
     Begin(*request);
   }
@@ -191,7 +196,8 @@ void StreamState::Enqueue(v1::GenerateResponse msg, bool terminal, grpc::Status 
 
 class StreamSink : public RequestSink {
  public:
-  explicit StreamSink(std::shared_ptr<StreamState> state) : state_(std::move(state)) {}
+  StreamSink(std::shared_ptr<StreamState> state, GenerationService* service)
+      : state_(std::move(state)), service_(service) {}
   void OnChunk(GenerationChunk chunk) override {
     v1::GenerateResponse msg;
     AppendChunk(chunk, msg.mutable_chunk());
@@ -222,9 +228,11 @@ class StreamSink : public RequestSink {
       p->set_kv_bytes_sent(w.kv_bytes_sent);
       p->set_kv_bytes_received(w.kv_bytes_received);
     }
+    if (r.reason != FinishReason::kAbort) service_->OnBackendResult(true);
     state_->Enqueue(std::move(msg), true, grpc::Status::OK);
   }
   void OnError(absl::Status status) override {
+    if (status.code() == absl::StatusCode::kInternal) service_->OnBackendResult(false);
     v1::GenerateResponse msg;
     msg.mutable_error()->set_code(static_cast<int>(status.code()));
     msg.mutable_error()->set_message(std::string(status.message()));
@@ -233,6 +241,7 @@ class StreamSink : public RequestSink {
 
  private:
   std::shared_ptr<StreamState> state_;
+  GenerationService* service_;
 };
 
 void GenerateReactor::Begin(const v1::GenerateRequest& req) {
@@ -269,7 +278,7 @@ void GenerateReactor::Begin(const v1::GenerateRequest& req) {
   }
   if (g.eos_ids.empty()) g.eos_ids = o.model->eos_token_ids;
   g.prompt = std::move(prompt);
-  g.sink = std::make_shared<StreamSink>(state_);
+  g.sink = std::make_shared<StreamSink>(state_, service_);
   g.arrival = arrival;
   {
     absl::MutexLock lock(&state_->mu);
@@ -311,19 +320,59 @@ bool GenerationService::WaitStreamsDone(absl::Duration timeout) {
   return mu_.AwaitWithTimeout(absl::Condition(&none), timeout);
 }
 
+void GenerationService::OnBackendResult(bool ok) {
+  const int limit = options_.unhealthy_after_failures;
+  if (limit <= 0) return;
+  if (ok) {
+    if (consecutive_failures_.exchange(0) >= limit) {
+      KVR_LOG(INFO) << "a request was served again: health back to SERVING";
+      if (options_.set_serving) options_.set_serving(true);
+    }
+    return;
+  }
+  if (consecutive_failures_.fetch_add(1) + 1 == limit) {
+    KVR_LOG(ERROR) << limit << " requests in a row failed in the backend: health NOT_SERVING until "
+                   << "one is served";
+    if (options_.set_serving) options_.set_serving(false);
+  }
+}
+
 void GenerationService::CountRejected(const absl::Status& status) {
   if (options_.metrics != nullptr) options_.metrics->OnRejected(status);
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  (void)context;
-  return new GenerateReactor(this, request);
+  return new GenerateReactor(this, request, Authenticate(context));
+}
+
+absl::Status GenerationService::Authenticate(const grpc::CallbackServerContext* context) const {
+  if (options_.auth_token.empty()) return absl::OkStatus();
+  const std::string expected = "Bearer " + options_.auth_token;
+  const auto& md = context->client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end())
+    return absl::UnauthenticatedError(
+        "this server requires a bearer token: send the metadata \"authorization: Bearer <token>\"");
+  // Compare in time independent of where the first difference is.
+  const grpc::string_ref got = it->second;
+  unsigned diff = got.size() == expected.size() ? 0u : 1u;
+  for (size_t i = 0; i < expected.size(); ++i)
+    diff |= static_cast<unsigned char>(expected[i]) ^
+            static_cast<unsigned char>(i < got.size() ? got.data()[i] : 0);
+  if (diff != 0) return absl::UnauthenticatedError("the bearer token is not valid");
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* context,
                                                    const v1::AbortRequest* request,
                                                    v1::AbortResponse* response) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) {
+    CountRejected(auth);
+    auto* denied = context->DefaultReactor();
+    denied->Finish(ToGrpcStatus(auth));
+    return denied;
+  }
   auto* reactor = context->DefaultReactor();
   if (request->request_id().empty()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -337,16 +386,24 @@ grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) {
+    CountRejected(auth);
+    auto* denied = context->DefaultReactor();
+    denied->Finish(ToGrpcStatus(auth));
+    return denied;
+  }
   auto* reactor = context->DefaultReactor();
   if (options_.tokenizer == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                  "this model folder has no tokenizer.json"));
     return reactor;
   }
-  if (request->text().size() > kMaxPromptTextBytes) {
+  if (request->text().size() > options_.limits.max_prompt_bytes) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  absl::StrCat("text is ", request->text().size(),
-                                              " bytes; allowed: at most ", kMaxPromptTextBytes)));
+                                              " bytes; allowed: at most ",
+                                              options_.limits.max_prompt_bytes,
+                                              " (--max_prompt_bytes)")));
     return reactor;
   }
   auto ids = options_.tokenizer->Encode(
@@ -367,6 +424,12 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerContext* context,
                                                         const v1::DetokenizeRequest* request,
                                                         v1::DetokenizeResponse* response) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) {
+    CountRejected(auth);
+    auto* denied = context->DefaultReactor();
+    denied->Finish(ToGrpcStatus(auth));
+    return denied;
+  }
   auto* reactor = context->DefaultReactor();
   if (options_.tokenizer == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -397,6 +460,12 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetModelInfoRequest* request,
                                                           v1::ModelInfo* response) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) {
+    CountRejected(auth);
+    auto* denied = context->DefaultReactor();
+    denied->Finish(ToGrpcStatus(auth));
+    return denied;
+  }
   const ModelConfig& m = *options_.model;
   response->set_name(options_.limits.name);
   response->set_architecture(ArchitectureName(m.arch));
@@ -430,6 +499,12 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* GenerationService::GetServerInfo(grpc::CallbackServerContext* context,
                                                            const v1::GetServerInfoRequest* request,
                                                            v1::ServerInfo* response) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) {
+    CountRejected(auth);
+    auto* denied = context->DefaultReactor();
+    denied->Finish(ToGrpcStatus(auth));
+    return denied;
+  }
   *response = options_.server_info;
   SchedulerStats s = options_.scheduler->stats();
   response->set_num_waiting(s.waiting);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,14 @@ struct ServiceOptions {
   ModelLimits limits;
   v1::ServerInfo server_info;            // static fields; counts are filled per call
   Metrics* metrics = nullptr;            // may be null
+  // When set, every call must carry the metadata "authorization: Bearer <auth_token>", else it
+  // ends with UNAUTHENTICATED before anything else is looked at.
+  std::string auth_token;
+  // Backend health: after this many requests in a row failed in the backend (INTERNAL: a worker
+  // error) with none served in between, set_serving(false) turns health NOT_SERVING; the next
+  // request served turns it back (set_serving(true)). 0: off. set_serving may be null.
+  int unhealthy_after_failures = 3;
+  std::function<void(bool)> set_serving;
 };
 
 class GenerationService final : public v1::Kvr::CallbackService {
@@ -52,8 +61,12 @@ class GenerationService final : public v1::Kvr::CallbackService {
                                           v1::ServerInfo* response) override;
 
   const ServiceOptions& options() const { return options_; }
+  // OK, or UNAUTHENTICATED when a token is required and the call does not carry it.
+  absl::Status Authenticate(const grpc::CallbackServerContext* context) const;
   std::string NextRequestId() { return "kvr-" + std::to_string(next_id_.fetch_add(1) + 1); }
   void CountRejected(const absl::Status& status);
+  // A request ended: served (ok) or failed in the backend; drives ServiceOptions::set_serving.
+  void OnBackendResult(bool ok);
 
   // Generate calls whose reactor is still alive (final message not yet delivered).
   int active_streams() const;
@@ -65,6 +78,7 @@ class GenerationService final : public v1::Kvr::CallbackService {
  private:
   ServiceOptions options_;
   std::atomic<uint64_t> next_id_{0};
+  std::atomic<int> consecutive_failures_{0};
   mutable absl::Mutex mu_;
   int active_streams_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -31,6 +31,16 @@ ABSL_FLAG(int, decode_steps_per_prefill, 1,
 ABSL_FLAG(int, shutdown_timeout_s, 30, "on SIGTERM, seconds given to running streams");
 ABSL_FLAG(int, testing_decode_delay_ms, 0,
           "for tests only: sleep this long in every decode step (slows streams down)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, auth_token, "",
+          "require \"authorization: Bearer <token>\" on every kvr.v1.Kvr call ('' = off)");
+ABSL_FLAG(std::string, auth_token_file, "", "file whose first line is the bearer token");
+ABSL_FLAG(int, max_message_bytes, 8 << 20, "largest gRPC message received");
+ABSL_FLAG(int, max_prompt_bytes, 4 << 20,
+          "largest text prompt in bytes, refused with INVALID_ARGUMENT before tokenizing");
+ABSL_FLAG(int, unhealthy_after_failures, 3,
+          "requests failing in the backend in a row that turn health NOT_SERVING (0 = off)");
 ABSL_FLAG(std::string, config, "", "JSON file with any of these flags' keys");
 
 namespace {
@@ -57,6 +67,13 @@ kvr::ServerConfig FromFlags() {
   c.decode_steps_per_prefill = absl::GetFlag(FLAGS_decode_steps_per_prefill);
   c.shutdown_timeout_s = absl::GetFlag(FLAGS_shutdown_timeout_s);
   c.testing_decode_delay_ms = absl::GetFlag(FLAGS_testing_decode_delay_ms);
+  c.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  c.tls_key = absl::GetFlag(FLAGS_tls_key);
+  c.auth_token = absl::GetFlag(FLAGS_auth_token);
+  c.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  c.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  c.unhealthy_after_failures = absl::GetFlag(FLAGS_unhealthy_after_failures);
   return c;
 }
 

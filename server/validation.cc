@@ -82,9 +82,10 @@ absl::Status CheckGenerateRequest(const v1::GenerateRequest& request, const Mode
     case v1::GenerateRequest::kText:
       if (request.text().empty())
         return Bad("the prompt is empty: give a non-empty text or at least one token id");
-      if (request.text().size() > kMaxPromptTextBytes)
+      if (request.text().size() > limits.max_prompt_bytes)
         return Bad(absl::StrCat("the prompt text is ", request.text().size(),
-                                " bytes; allowed: at most ", kMaxPromptTextBytes));
+                                " bytes; allowed: at most ", limits.max_prompt_bytes,
+                                " (--max_prompt_bytes)"));
       break;
     case v1::GenerateRequest::kTokenIds:
       if (request.token_ids().ids().empty())

@@ -11,16 +11,18 @@
 
 namespace kvr {
 
+inline constexpr size_t kMaxPromptTextBytes = 4 << 20;  // default of --max_prompt_bytes
+
 // What the served model allows.
 struct ModelLimits {
   std::string name;       // the served model's name
   int vocab_size = 0;
   int max_model_len = 0;  // prompt + max_tokens
+  size_t max_prompt_bytes = kMaxPromptTextBytes;  // a text prompt, checked before tokenizing
 };
 
 inline constexpr int kDefaultMaxTokens = 16;
 inline constexpr size_t kMaxRequestIdBytes = 256;
-inline constexpr size_t kMaxPromptTextBytes = 16 << 20;
 
 // Unknown fields anywhere in the message (a client built from another proto): InvalidArgument
 // listing their field numbers.

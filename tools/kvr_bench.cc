@@ -5,6 +5,8 @@
 //
 // Modes (--modes), all in the same engine with the same kernels:
 //   1gpu       the whole prompt on one GPU
+//   tp         Megatron tensor parallelism over p GPUs (heads and MLP split, two all-reduces per
+//              layer); refused, with the reason in the JSON, where the head counts do not divide
 //   tsp        the paper's baseline: even split, all-gather of K/V every layer
 //   kvr-e      KV-Runahead, even split, chain               kvr-e-fan   same, fan-out topology
 //   kvr-cost   KV-Runahead, split from the calibrated cost model (chain; kvr-cost-fan: fan-out)
@@ -13,6 +15,10 @@
 //              (leave-one-out, so it is a prediction, not a replay)
 // TTFT is the chain's time from the first layer to the first token's logits (cache allocation
 // excluded, as PyTorch's caching allocator excludes it); median of --reps after --warmup runs.
+// tp is timed the same way: from the launch of the first layer on every rank to rank 0's logits
+// on the host. Every multi-GPU mode's logits (and the K/V of its final cache's first and last
+// layer; for tp gathered from the ranks' heads) are compared with the one-GPU prefill on GPU 0:
+// logits_rel_err, kv_rel_err (max |diff| / max |ref|) in the JSON.
 // --calibrate measures the cost model's rates on GPU 0 and the link between GPUs 0 and 1.
 // --timeline CTX records, for kvr-s at CTX on the most GPUs, each GPU's busy and stalled time.
 #include <cuda_runtime.h>
@@ -21,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <random>
@@ -35,6 +42,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
+#include "engine/cuda/tensor_parallel.h"
 #include "engine/prefill/coordinator.h"
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/split_table.h"
@@ -47,7 +55,7 @@ ABSL_FLAG(std::string, shape, "llama-7b", "llama-7b, llama3-8b or falcon-7b");
 ABSL_FLAG(int, layers, 0, "override the number of layers (0: the shape's)");
 ABSL_FLAG(std::string, gpus, "1,2,4", "GPU counts to run");
 ABSL_FLAG(std::string, ctx, "4096,16384", "context lengths");
-ABSL_FLAG(std::string, modes, "1gpu,tsp,kvr-e,kvr-e-fan,kvr-cost,kvr-cost-fan,kvr-s,kvr-p", "modes");
+ABSL_FLAG(std::string, modes, "1gpu,tp,tsp,kvr-e,kvr-e-fan,kvr-cost,kvr-cost-fan,kvr-s,kvr-p", "modes");
 ABSL_FLAG(int, reps, 5, "timed runs per point (median reported)");
 ABSL_FLAG(int, warmup, 2, "untimed runs per point");
 ABSL_FLAG(int, search_reps, 2, "timed runs per candidate split in kvr-s");
@@ -245,6 +253,57 @@ Reference TakeReference(PrefillCoordinator& co, const PrefillResult& r, int C) {
   return ref;
 }
 
+// Tensor parallelism's prefill, measured like Measure: median of `reps` after `warmup` runs.
+struct TpMeasurement {
+  double ttft = 0;
+  std::vector<double> runs;
+  TensorParallelPrefill last;
+};
+
+absl::StatusOr<TpMeasurement> MeasureTp(TensorParallelGroup& tp, const std::vector<int32_t>& prompt,
+                                        int warmup, int reps) {
+  TpMeasurement m;
+  for (int i = 0; i < warmup + reps; ++i) {
+    m.last.caches.clear();  // free the previous run's caches before making new ones
+    KVR_ASSIGN_OR_RETURN(TensorParallelPrefill r, tp.Prefill(prompt, static_cast<int>(prompt.size()) + 1));
+    if (i >= warmup) m.runs.push_back(r.seconds);
+    m.last = std::move(r);
+  }
+  m.ttft = Median(m.runs);
+  return m;
+}
+
+// TakeReference for tensor parallelism: rank 0's logits, and the K/V of the first and last
+// layer with each rank's key-value heads put back in place (the whole model's layout).
+Reference TakeTpReference(TensorParallelGroup& tp, const TensorParallelPrefill& r, const ModelConfig& config, int C) {
+  Reference ref;
+  ref.logits = r.logits;
+  const int L = config.num_layers, Hkv = config.num_kv_heads, D = config.head_dim;
+  for (int l : {0, L - 1}) {
+    std::vector<float> k(static_cast<size_t>(C) * Hkv * D), v(k.size());
+    for (int rank = 0; rank < tp.size(); ++rank) {
+      const TensorParallelShard& sh = tp.shard(rank);
+      std::vector<float> kr, vr;
+      absl::Status s = tp.rank(rank).ReadKv(*r.caches[rank], l, 0, C, &kr, &vr);
+      if (!s.ok()) {
+        KVR_LOG(WARNING) << "ReadKv (tensor-parallel rank " << rank << "): " << s;
+        continue;
+      }
+      for (int t = 0; t < C; ++t) {
+        for (int j = 0; j < sh.kv_heads; ++j) {
+          const size_t from = (static_cast<size_t>(t) * sh.kv_heads + j) * D;
+          const size_t to = (static_cast<size_t>(t) * Hkv + sh.kv_head0 + j) * D;
+          std::copy(kr.begin() + from, kr.begin() + from + D, k.begin() + to);
+          std::copy(vr.begin() + from, vr.begin() + from + D, v.begin() + to);
+        }
+      }
+    }
+    ref.kv.insert(ref.kv.end(), k.begin(), k.end());
+    ref.kv.insert(ref.kv.end(), v.begin(), v.end());
+  }
+  return ref;
+}
+
 // max |a - b| / max |b|; 1e9 when the sizes differ or a value is not finite.
 double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size() || b.empty()) return 1e9;
@@ -324,6 +383,20 @@ absl::Status Run() {
       fabric = MakeNcclFabric(1).value();
     }
     PrefillCoordinator co(ptrs, std::move(fabric), [](int d) { SelectCudaDevice(d); });
+    // Megatron tensor parallelism over the same p GPUs, random weights of the same seed as the
+    // runners above (so its logits can be checked against the one-GPU run).
+    std::unique_ptr<TensorParallelGroup> tp;
+    std::string tp_refused;
+    if (p > 1 && has("tp")) {
+      KVR_LOG(INFO) << "creating tensor-parallel " << config.model_type << " over " << p << " GPUs";
+      auto made = MakeRandomTensorParallelCudaRunners(config, p, CudaRunnerOptions{}, 1);
+      if (made.ok()) {
+        tp = std::move(*made);
+      } else {
+        tp_refused = std::string(made.status().message());
+        KVR_LOG(WARNING) << "tp at " << p << " GPUs: " << tp_refused;
+      }
+    }
     const std::string setup = absl::StrCat(config.model_type, "/", p, "x", card, "/", absl::GetFlag(FLAGS_link));
     std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
     for (int C : contexts) {
@@ -423,7 +496,31 @@ absl::Status Run() {
           }
         }
       }
-      // TSP last: the baseline.
+      // The baselines last: tensor parallelism, then TSP.
+      if (has("tp")) {
+        if (!tp) {
+          out["results"].push_back({{"gpus", p}, {"ctx", C}, {"mode", "tp"}, {"error", tp_refused}});
+          std::printf("%-10s %dxGPU C=%-6d refused: %s\n", "tp", p, C, tp_refused.c_str());
+        } else {
+          auto m = MeasureTp(*tp, prompt, warmup, reps);
+          if (!m.ok()) {
+            KVR_LOG(WARNING) << "tp at " << p << " GPUs, C=" << C << ": " << m.status();
+            out["results"].push_back({{"gpus", p}, {"ctx", C}, {"mode", "tp"}, {"error", std::string(m.status().message())}});
+          } else {
+            const Reference mine = TakeTpReference(*tp, m->last, config, C);
+            m->last.caches.clear();
+            const std::string what = absl::StrCat("tensor-parallel x", p, ": ", tp->shard(0).q_heads, " q heads, ",
+                                                  tp->shard(0).kv_heads, " kv heads, F/", p, " per GPU");
+            out["results"].push_back({{"gpus", p}, {"ctx", C}, {"mode", "tp"}, {"ttft_ms", m->ttft * 1e3},
+                                      {"runs_ms", Millis(m->runs)}, {"plan", what},
+                                      {"logits_rel_err", RelErr(mine.logits, ref.logits)},
+                                      {"kv_rel_err", RelErr(mine.kv, ref.kv)}});
+            std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms   %s; logits_rel_err %.3g\n", "tp", p, C, m->ttft * 1e3,
+                        what.c_str(), RelErr(mine.logits, ref.logits));
+            std::fflush(stdout);
+          }
+        }
+      }
       if (has("tsp")) KVR_RETURN_IF_ERROR(run_plan("tsp", EvenPlanner(Topology::kAllGather).Plan(C, p, last)));
     }
     if (has("kvr-p") && searched.size() >= 2) {
@@ -456,6 +553,9 @@ absl::Status Run() {
 }  // namespace kvr
 
 int main(int argc, char** argv) {
+  // Before the first NCCL call (the calibration's): no NVLink multicast, which can take shared
+  // GPUs out of service; an explicit setting wins.
+  setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
   absl::ParseCommandLine(argc, argv);
   absl::Status s = kvr::Run();
   if (!s.ok()) {

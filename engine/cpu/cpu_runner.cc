@@ -1,5 +1,7 @@
 #include "engine/cpu/cpu_runner.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -53,6 +55,7 @@ struct CpuChunk : public ChunkState {
   std::vector<float> x;    // (T, C) residual stream
   std::vector<float> xn;   // (T, C) normed input of the current layer
   std::vector<float> q;    // (T, Hq, D) rotated queries of the current layer
+  bool fault = false;      // fault injection: this prefill chunk fails at options.fail_at_layer
 };
 
 class CpuRunner : public ModelRunner {
@@ -128,12 +131,19 @@ class CpuRunner : public ModelRunner {
     chunk->xn.resize(chunk->x.size());
     chunk->q.resize(static_cast<size_t>(T) * config_.q_dim());
     cpu::Embed(tokens, embed_.data(), config_.hidden_size, chunk->x.data());  // x (T, C)
+    if (options_.fail_at_layer >= 0) {
+      for (int32_t t : tokens) chunk->fault |= options_.fail_on_token < 0 || t == options_.fail_on_token;
+    }
     return chunk;
   }
 
   // xn = norm(x); [q | k | v] = xn @ wqkv^T; rotary on q and k; K/V rows [start, start+T) -> cache.
   absl::Status LayerQkv(ChunkState& state, int layer) override {
     auto& c = static_cast<CpuChunk&>(state);
+    if (c.fault && layer == options_.fail_at_layer) {
+      return absl::InternalError(absl::StrCat("cpu worker ", options_.device_index,
+                                              ": injected fault at layer ", layer, " (testing)"));
+    }
     const CpuLayer& l = layers_[layer];
     const int T = c.T, C = config_.hidden_size, D = config_.head_dim;
     const int Hq = config_.num_q_heads, Hkv = config_.num_kv_heads;
@@ -199,6 +209,7 @@ class CpuRunner : public ModelRunner {
       const DecodeSlot& s = batch[b];
       const int32_t token = s.token;
       KVR_ASSIGN_OR_RETURN(auto chunk, BeginChunk(absl::MakeConstSpan(&token, 1), s.pos, *s.cache));
+      static_cast<CpuChunk&>(*chunk).fault = false;  // injected faults hit prefills only
       for (int l = 0; l < config_.num_layers; ++l) {
         KVR_RETURN_IF_ERROR(LayerQkv(*chunk, l));
         KVR_RETURN_IF_ERROR(LayerAttnMlp(*chunk, l));
@@ -263,7 +274,22 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCpuRunner(const ModelConfig& co
   if (static_cast<int>(weights.layers.size()) != config.num_layers) {
     return absl::InvalidArgumentError("weights do not match the config's layer count");
   }
-  auto runner = std::make_unique<CpuRunner>(config, options);
+  CpuRunnerOptions o = options;
+  if (o.fail_at_layer < 0) {
+    // Fault injection for tests of the daemon: KVR_TESTING_CPU_FAULT=worker:layer[:token].
+    if (const char* env = std::getenv("KVR_TESTING_CPU_FAULT"); env != nullptr && *env != '\0') {
+      int worker = -1, layer = -1, token = -1;
+      if (std::sscanf(env, "%d:%d:%d", &worker, &layer, &token) < 2 || layer < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("KVR_TESTING_CPU_FAULT=\"", env, "\": expected worker:layer[:token]"));
+      }
+      if (worker == o.device_index) {
+        o.fail_at_layer = layer;
+        o.fail_on_token = token;
+      }
+    }
+  }
+  auto runner = std::make_unique<CpuRunner>(config, o);
   runner->Load(weights);
   return runner;
 }

@@ -3,9 +3,12 @@
 // Legend: V vocab, C hidden, L layers, Hq / Hkv heads, D head size, E = Hq*D + 2*Hkv*D (fused
 // QKV width), F intermediate, U = 2F (SiLU-gate, [gate; up]) or F (GELU), T tokens in a chunk,
 // B sequences in a decode batch. "T-typed" means the compute type (bf16 or fp16).
+// Under tensor parallelism (opt_.tp_size > 1) cfg_ is the rank's shard (its heads and
+// intermediate size) and full_ the whole model; otherwise both are the model.
 #include "engine/cuda/cuda_runner.h"
 
 #include <cuda_runtime.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <cstring>
@@ -15,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/cuda/tensor_parallel.h"
 #include "engine/util/log.h"
 #include "engine/util/status_macros.h"
 #include "kernels/activation.cuh"
@@ -99,6 +103,14 @@ class CudaKvCache : public KvCache {
   std::byte* mem_;
 };
 
+// Part of a row-major matrix of 2-byte elements: the listed row ranges (begin, count), one
+// after another, each row's columns [col0, col0 + cols) (cols 0: all). Empty `rows`: the whole.
+struct Slice {
+  std::vector<std::pair<size_t, size_t>> rows;
+  size_t col0 = 0, cols = 0;
+  bool whole() const { return rows.empty(); }
+};
+
 struct DevLayer {
   void *attn_norm_w = nullptr, *attn_norm_b = nullptr, *mlp_norm_w = nullptr, *mlp_norm_b = nullptr;
   void *wqkv = nullptr, *bqkv = nullptr, *wo = nullptr, *bo = nullptr;
@@ -116,6 +128,7 @@ struct ChunkBuffers {
   void* up = nullptr;      // (T, U)
   void* act = nullptr;     // (T, F)
   float* logits = nullptr; // (V) last token
+  void* part = nullptr;    // (T, C) a rank's partial output projection (tensor parallelism only)
 };
 
 class CudaChunk : public ChunkState {
@@ -165,10 +178,19 @@ class CudaRunner : public ModelRunner {
       return absl::UnimplementedError(absl::StrCat("head_dim ", cfg_.head_dim, " (CUDA supports 64, 128)"));
     if (cfg_.num_kv_heads <= 0 || cfg_.num_q_heads % cfg_.num_kv_heads != 0)
       return absl::InvalidArgumentError("num_q_heads must be a multiple of num_kv_heads");
+    full_ = cfg_;
+    if (Tp()) {
+      if (opt_.tp_comm == nullptr)
+        return absl::InvalidArgumentError("tensor parallelism (tp_size > 1) needs an NCCL communicator");
+      KVR_ASSIGN_OR_RETURN(shard_, TensorParallelShardOf(full_, opt_.tp_rank, opt_.tp_size));
+      cfg_ = shard_.local;       // from here on the runner is a model of the shard's width
+      opt_.decode_graphs = false;  // decode steps all-reduce: run them eagerly
+    }
     KVR_CU(cudaSetDevice(device_));
     cudaDeviceProp prop{};
     KVR_CU(cudaGetDeviceProperties(&prop, device_));
     name_ = absl::StrCat("cuda:", device_, " (", prop.name, ")");
+    if (Tp()) absl::StrAppend(&name_, " tensor-parallel rank ", opt_.tp_rank, " of ", opt_.tp_size);
     num_sms_ = prop.multiProcessorCount;
     KVR_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     // Keep freed chunk buffers in the stream-ordered pool between chunks.
@@ -223,13 +245,16 @@ class CudaRunner : public ModelRunner {
     return absl::OkStatus();
   }
 
-  // Copies the checkpoint's weights into the arena, converted to the compute type.
+  // Copies the checkpoint's weights into the arena, converted to the compute type (a
+  // tensor-parallel rank: its shard of each split weight; shapes are checked against the whole
+  // model's).
   absl::Status Upload(const ModelWeights& w) {
     std::vector<uint16_t> host;
-    const size_t C = cfg_.hidden_size, E = cfg_.qkv_dim(), QD = cfg_.q_dim(), F = cfg_.intermediate_size;
+    const size_t C = full_.hidden_size, E = full_.qkv_dim(), QD = full_.q_dim(), F = full_.intermediate_size;
     const size_t U = Silu() ? 2 * F : F;
+    const ShardSlices sl = Slices();
     auto put = [&](const WeightRef& ref, void* dst, size_t rows, size_t cols, const char* what,
-                   int layer) -> absl::Status {
+                   int layer, const Slice& part = Slice{}) -> absl::Status {
       if (dst == nullptr) {
         if (ref.present())
           return absl::InvalidArgumentError(absl::StrCat("weight ", what, " of layer ", layer,
@@ -243,6 +268,7 @@ class CudaRunner : public ModelRunner {
             "weight %s of layer %d is (%d, %d), expected (%d, %d)", what, layer, ref.rows, ref.cols, rows, cols));
       host.resize(rows * cols);
       ref.ToHalf(opt_.dtype, host.data());
+      if (!part.whole()) return CopySlice(dst, host.data(), cols, part, cudaMemcpyHostToDevice, what);
       return CudaStatus(cudaMemcpy(dst, host.data(), rows * cols * 2, cudaMemcpyHostToDevice), what);
     };
     KVR_CU(cudaSetDevice(device_));
@@ -256,13 +282,13 @@ class CudaRunner : public ModelRunner {
       KVR_RETURN_IF_ERROR(put(s.attn_norm_b, d.attn_norm_b, C, 1, "attn_norm_b", i));
       KVR_RETURN_IF_ERROR(put(s.mlp_norm_w, d.mlp_norm_w, C, 1, "mlp_norm_w", i));
       KVR_RETURN_IF_ERROR(put(s.mlp_norm_b, d.mlp_norm_b, C, 1, "mlp_norm_b", i));
-      KVR_RETURN_IF_ERROR(put(s.wqkv, d.wqkv, E, C, "wqkv", i));
-      KVR_RETURN_IF_ERROR(put(s.bqkv, d.bqkv, E, 1, "bqkv", i));
-      KVR_RETURN_IF_ERROR(put(s.wo, d.wo, C, QD, "wo", i));
+      KVR_RETURN_IF_ERROR(put(s.wqkv, d.wqkv, E, C, "wqkv", i, sl.qkv));
+      KVR_RETURN_IF_ERROR(put(s.bqkv, d.bqkv, E, 1, "bqkv", i, sl.qkv));
+      KVR_RETURN_IF_ERROR(put(s.wo, d.wo, C, QD, "wo", i, sl.o));
       KVR_RETURN_IF_ERROR(put(s.bo, d.bo, C, 1, "bo", i));
-      KVR_RETURN_IF_ERROR(put(s.w_up, d.w_up, U, C, "w_up", i));
-      KVR_RETURN_IF_ERROR(put(s.b_up, d.b_up, U, 1, "b_up", i));
-      KVR_RETURN_IF_ERROR(put(s.w_down, d.w_down, C, F, "w_down", i));
+      KVR_RETURN_IF_ERROR(put(s.w_up, d.w_up, U, C, "w_up", i, sl.up));
+      KVR_RETURN_IF_ERROR(put(s.b_up, d.b_up, U, 1, "b_up", i, sl.up));
+      KVR_RETURN_IF_ERROR(put(s.w_down, d.w_down, C, F, "w_down", i, sl.down));
       KVR_RETURN_IF_ERROR(put(s.b_down, d.b_down, C, 1, "b_down", i));
     }
     KVR_RETURN_IF_ERROR(put(w.final_norm_w, final_norm_w_, C, 1, "final_norm_w", -1));
@@ -271,6 +297,9 @@ class CudaRunner : public ModelRunner {
     return absl::OkStatus();
   }
 
+  // Random weights from a hash of (seed, tensor, index). A tensor-parallel rank generates each
+  // split tensor whole, in the same order and with the same seeds as tp_size == 1, into a scratch
+  // buffer and keeps its slice, so its weights are exactly the single GPU's shard.
   absl::Status FillRandom(uint64_t seed) {
     KVR_CU(cudaSetDevice(device_));
     const float a = 0.02f * 1.7320508f;  // uniform with std 0.02
@@ -281,21 +310,38 @@ class CudaRunner : public ModelRunner {
     auto one = [&](void* p, size_t n, float v) {
       return p ? CudaStatus(K::FillConst(dt_, p, n, v, stream_), "fill") : absl::OkStatus();
     };
-    KVR_RETURN_IF_ERROR(rnd(embed_, static_cast<size_t>(cfg_.vocab_size) * C));
-    for (DevLayer& l : layers_) {
-      KVR_RETURN_IF_ERROR(one(l.attn_norm_w, C, 1.f));
-      KVR_RETURN_IF_ERROR(one(l.attn_norm_b, C, 0.f));
-      KVR_RETURN_IF_ERROR(one(l.mlp_norm_w, C, 1.f));
-      KVR_RETURN_IF_ERROR(one(l.mlp_norm_b, C, 0.f));
-      KVR_RETURN_IF_ERROR(rnd(l.wqkv, E * C));
-      KVR_RETURN_IF_ERROR(one(l.bqkv, E, 0.01f));
-      KVR_RETURN_IF_ERROR(rnd(l.wo, C * QD));
-      KVR_RETURN_IF_ERROR(one(l.bo, C, 0.01f));
-      KVR_RETURN_IF_ERROR(rnd(l.w_up, U * C));
-      KVR_RETURN_IF_ERROR(one(l.b_up, U, 0.01f));
-      KVR_RETURN_IF_ERROR(rnd(l.w_down, C * F));
-      KVR_RETURN_IF_ERROR(one(l.b_down, C, 0.01f));
-    }
+    // Shapes of the whole model's split weights.
+    const ShardSlices sl = Slices();
+    const size_t FE = full_.qkv_dim(), FQ = full_.q_dim(), FF = full_.intermediate_size;
+    const size_t FU = Silu() ? 2 * FF : FF;
+    void* scratch = nullptr;
+    if (Tp()) KVR_CU(cudaMallocAsync(&scratch, std::max({FE * C, C * FQ, FU * C, C * FF}) * 2, stream_));
+    // A split tensor of the whole model's (rows, cols): generated whole, then its slice kept.
+    auto rnd_part = [&](void* p, size_t n, size_t rows, size_t cols, const Slice& part) -> absl::Status {
+      if (!Tp()) return rnd(p, n);
+      KVR_RETURN_IF_ERROR(rnd(scratch, rows * cols));
+      return CopySlice(p, scratch, cols, part, cudaMemcpyDeviceToDevice, "random weight slice");
+    };
+    absl::Status st = [&]() -> absl::Status {
+      KVR_RETURN_IF_ERROR(rnd(embed_, static_cast<size_t>(cfg_.vocab_size) * C));
+      for (DevLayer& l : layers_) {
+        KVR_RETURN_IF_ERROR(one(l.attn_norm_w, C, 1.f));
+        KVR_RETURN_IF_ERROR(one(l.attn_norm_b, C, 0.f));
+        KVR_RETURN_IF_ERROR(one(l.mlp_norm_w, C, 1.f));
+        KVR_RETURN_IF_ERROR(one(l.mlp_norm_b, C, 0.f));
+        KVR_RETURN_IF_ERROR(rnd_part(l.wqkv, E * C, FE, C, sl.qkv));
+        KVR_RETURN_IF_ERROR(one(l.bqkv, E, 0.01f));
+        KVR_RETURN_IF_ERROR(rnd_part(l.wo, C * QD, C, FQ, sl.o));
+        KVR_RETURN_IF_ERROR(one(l.bo, C, 0.01f));
+        KVR_RETURN_IF_ERROR(rnd_part(l.w_up, U * C, FU, C, sl.up));
+        KVR_RETURN_IF_ERROR(one(l.b_up, U, 0.01f));
+        KVR_RETURN_IF_ERROR(rnd_part(l.w_down, C * F, C, FF, sl.down));
+        KVR_RETURN_IF_ERROR(one(l.b_down, C, 0.01f));
+      }
+      return absl::OkStatus();
+    }();
+    if (scratch) cudaFreeAsync(scratch, stream_);
+    KVR_RETURN_IF_ERROR(st);
     KVR_RETURN_IF_ERROR(one(final_norm_w_, C, 1.f));
     KVR_RETURN_IF_ERROR(one(final_norm_b_, C, 0.f));
     if (lm_head_ != embed_) KVR_RETURN_IF_ERROR(rnd(lm_head_, static_cast<size_t>(cfg_.vocab_size) * C));
@@ -415,7 +461,7 @@ class CudaRunner : public ModelRunner {
     ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
     ap.variant = opt_.attn_variant;
     KVR_CU(K::PrefillAttention(dt_, ap, stream_));
-    return OutMlpBlock(layers_[l], ch.n, ch.b.x, ch.b.h, ch.b.attn, ch.b.up, ch.b.act);
+    return OutMlpBlock(layers_[l], ch.n, ch.b.x, ch.b.h, ch.b.attn, ch.b.up, ch.b.act, ch.b.part);
   }
 
   absl::Status FinishChunk(ChunkState& state, std::vector<float>* last_logits) override {
@@ -517,6 +563,72 @@ class CudaRunner : public ModelRunner {
 
  private:
   bool Silu() const { return cfg_.mlp == MlpKind::kSiluGate; }
+  bool Tp() const { return opt_.tp_size > 1; }
+
+  // What a tensor-parallel rank keeps of each split weight of the whole model (all whole when
+  // tp_size == 1). Biases follow their weight's rows; bo and b_down are whole (added after the
+  // all-reduce by every rank).
+  struct ShardSlices {
+    Slice qkv, o, up, down;
+  };
+  ShardSlices Slices() const {
+    ShardSlices s;
+    if (!Tp()) return s;
+    const size_t D = full_.head_dim, Hq = full_.num_q_heads, Hkv = full_.num_kv_heads;
+    const size_t C = full_.hidden_size, F = full_.intermediate_size;
+    const size_t q0 = shard_.q_head0 * D, nq = shard_.q_heads * D;
+    const size_t kv0 = shard_.kv_head0 * D, nkv = shard_.kv_heads * D;
+    const size_t f0 = shard_.ff0, nf = shard_.ff;
+    s.qkv.rows = {{q0, nq}, {Hq * D + kv0, nkv}, {(Hq + Hkv) * D + kv0, nkv}};  // [q; k; v] of its heads
+    s.o.rows = {{0, C}};  // input columns of its query heads
+    s.o.col0 = q0;
+    s.o.cols = nq;
+    if (Silu()) {
+      s.up.rows = {{f0, nf}, {F + f0, nf}};  // [gate; up] of its features
+    } else {
+      s.up.rows = {{f0, nf}};
+    }
+    s.down.rows = {{0, C}};  // input columns of its features
+    s.down.col0 = f0;
+    s.down.cols = nf;
+    return s;
+  }
+
+  // Copies `part` of the row-major (rows, src_cols) matrix of 2-byte elements at `src` (host or
+  // device, as `kind` says) to `dst`, packed; waits for the copies.
+  absl::Status CopySlice(void* dst, const void* src, size_t src_cols, const Slice& part,
+                         cudaMemcpyKind kind, const char* what) {
+    const size_t width = part.cols ? part.cols : src_cols;
+    auto* d = static_cast<std::byte*>(dst);
+    const auto* s = static_cast<const std::byte*>(src);
+    for (const auto& [r0, nr] : part.rows) {
+      KVR_RETURN_IF_ERROR(CudaStatus(cudaMemcpy2DAsync(d, width * 2, s + (r0 * src_cols + part.col0) * 2,
+                                                       src_cols * 2, width * 2, nr, kind, stream_),
+                                     what));
+      d += nr * width * 2;
+    }
+    return CudaStatus(cudaStreamSynchronize(stream_), what);
+  }
+
+  // Sums `part` (n, C) T over the tensor-parallel ranks in place, then x (n, C) fp32 += part.
+  absl::Status AllReduceAdd(void* part, int n, float* x) {
+    const size_t C = cfg_.hidden_size;
+    const ncclDataType_t type = opt_.dtype == DType::kF16 ? ncclFloat16 : ncclBfloat16;
+    const ncclResult_t r = ncclAllReduce(part, part, static_cast<size_t>(n) * C, type, ncclSum,
+                                         static_cast<ncclComm_t>(opt_.tp_comm), stream_);
+    if (r != ncclSuccess)
+      return absl::InternalError(absl::StrCat("ncclAllReduce (tensor-parallel rank ", opt_.tp_rank, " of ",
+                                              opt_.tp_size, "): ", ncclGetErrorString(r)));
+    // x += part, as a "bias" of rows*C columns on one row (in row blocks, so that fits an int).
+    const int rows_per = std::max(1, static_cast<int>((size_t{1} << 30) / C));
+    for (int r0 = 0; r0 < n; r0 += rows_per) {
+      const int rows = std::min(rows_per, n - r0);
+      KVR_CU(K::AddBiasF32(dt_, x + static_cast<size_t>(r0) * C,
+                           static_cast<const std::byte*>(part) + static_cast<size_t>(r0) * C * 2, 1,
+                           static_cast<int>(rows * C), stream_));
+    }
+    return absl::OkStatus();
+  }
   int U() const { return Silu() ? 2 * cfg_.intermediate_size : cfg_.intermediate_size; }
 
   absl::StatusOr<CudaKvCache*> Own(KvCache& c) {
@@ -537,6 +649,7 @@ class CudaRunner : public ModelRunner {
     b->up = c.Take<void>(t * U(), 2);
     b->act = Silu() ? c.Take<void>(t * cfg_.intermediate_size, 2) : b->up;
     b->logits = c.Take<float>(static_cast<size_t>(cfg_.vocab_size) * std::max(T, 1));
+    if (Tp()) b->part = c.Take<void>(t * C, 2);
   }
 
   absl::Status Norm(const float* x, const void* w, const void* bias, int n, void* out) {
@@ -564,10 +677,17 @@ class CudaRunner : public ModelRunner {
   }
 
   // x += attn Wo^T (+b); then the MLP (on norm(x), or on h for parallel attention + MLP).
+  // Tensor parallelism: each output projection (O, down) writes the rank's partial product to
+  // `part` in T, which is summed over the ranks and then added to x; the bias after the sum.
   absl::Status OutMlpBlock(const DevLayer& w, int n, float* x, void* h, const void* attn, void* up,
-                           void* act) {
+                           void* act, void* part) {
     const int C = cfg_.hidden_size, QD = cfg_.q_dim(), F = cfg_.intermediate_size;
-    KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, x, K::GemmOut::kF32, 1.f, stream_));
+    if (Tp()) {
+      KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, part, K::GemmOut::kSame, 0.f, stream_));
+      KVR_RETURN_IF_ERROR(AllReduceAdd(part, n, x));
+    } else {
+      KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, x, K::GemmOut::kF32, 1.f, stream_));
+    }
     if (w.bo) KVR_CU(K::AddBiasF32(dt_, x, w.bo, n, C, stream_));
     if (!cfg_.parallel_attn_mlp) KVR_RETURN_IF_ERROR(Norm(x, w.mlp_norm_w, w.mlp_norm_b, n, h));
     KVR_BLAS(gemm_->Linear(dt_, h, w.w_up, n, C, U(), up, K::GemmOut::kSame, 0.f, stream_));
@@ -578,7 +698,12 @@ class CudaRunner : public ModelRunner {
       KVR_CU(K::GeluInPlace(dt_, up, n, F, stream_));
       act = up;
     }
-    KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, x, K::GemmOut::kF32, 1.f, stream_));
+    if (Tp()) {
+      KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, part, K::GemmOut::kSame, 0.f, stream_));
+      KVR_RETURN_IF_ERROR(AllReduceAdd(part, n, x));
+    } else {
+      KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, x, K::GemmOut::kF32, 1.f, stream_));
+    }
     if (w.b_down) KVR_CU(K::AddBiasF32(dt_, x, w.b_down, n, C, stream_));
     return absl::OkStatus();
   }
@@ -599,6 +724,7 @@ class CudaRunner : public ModelRunner {
     float* x = nullptr;
     void *h = nullptr, *qkv = nullptr, *q = nullptr, *attn = nullptr, *up = nullptr, *act = nullptr;
     float *logits = nullptr, *o_part = nullptr, *lse_part = nullptr;
+    void* part = nullptr;  // (B, C) tensor parallelism only
   };
 
   void FreeDecode() {
@@ -652,6 +778,7 @@ class CudaRunner : public ModelRunner {
     d->logits = c.Take<float>(b * cfg_.vocab_size);
     d->o_part = c.Take<float>(part_rows * cfg_.num_q_heads * cfg_.head_dim);
     d->lse_part = c.Take<float>(part_rows * cfg_.num_q_heads);
+    if (Tp()) d->part = c.Take<void>(b * C, 2);
   }
 
   // Views of the decode buffers for batch B (split count depends on B).
@@ -693,12 +820,14 @@ class CudaRunner : public ModelRunner {
       ap.window = cfg_.sliding_window;
       ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
       KVR_CU(K::DecodeAttention(dt_, ap, stream_));
-      KVR_RETURN_IF_ERROR(OutMlpBlock(w, B, dec_.x, dec_.h, dec_.attn, dec_.up, dec_.act));
+      KVR_RETURN_IF_ERROR(OutMlpBlock(w, B, dec_.x, dec_.h, dec_.attn, dec_.up, dec_.act, dec_.part));
     }
     return Head(B, dec_.x, dec_.h, dec_.logits);
   }
 
-  ModelConfig cfg_;
+  ModelConfig cfg_;   // the model this runner computes: the whole, or a tensor-parallel shard
+  ModelConfig full_;  // the whole model
+  TensorParallelShard shard_;
   int device_;
   CudaRunnerOptions opt_;
   K::DType dt_;
@@ -737,11 +866,17 @@ int CudaDeviceCount() {
 absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaRunner(const ModelFolder& folder,
                                                             const ModelWeights& weights, int device,
                                                             const CudaRunnerOptions& options) {
-  auto r = std::make_unique<CudaRunner>(folder.config(), device, options);
+  return MakeCudaRunner(folder.config(), weights, device, options);
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaRunner(const ModelConfig& config,
+                                                            const ModelWeights& weights, int device,
+                                                            const CudaRunnerOptions& options) {
+  auto r = std::make_unique<CudaRunner>(config, device, options);
   KVR_RETURN_IF_ERROR(r->Init());
   KVR_RETURN_IF_ERROR(r->Upload(weights));
   const MemoryReport m = r->memory();
-  KVR_LOG(INFO) << r->device_name() << ": " << folder.config().Summary() << "; weights "
+  KVR_LOG(INFO) << r->device_name() << ": " << config.Summary() << "; weights "
                 << GiB(m.weights_bytes) << ", workspace " << GiB(m.workspace_bytes) << ", "
                 << GiB(m.free_bytes) << " free of " << GiB(m.total_bytes);
   return std::unique_ptr<ModelRunner>(std::move(r));

@@ -10,6 +10,17 @@
 // Decode, ReadKv and Synchronize wait. Decode steps of a batch size are captured once in a CUDA
 // graph and replayed (positions, tokens and cache pointers are read from device tables).
 // One thread at a time per runner (the device worker's).
+//
+// Megatron tensor parallelism (tp_size > 1; normally built by tensor_parallel.h): the runner is
+// rank r of P and holds only its shard: the fused QKV projection split by heads (query heads
+// [r*Hq/P, (r+1)*Hq/P) and their key-value heads, replicated when Hkv < P), gate/up split by
+// intermediate features (column parallel), O and down split along their inputs (row parallel).
+// The O-projection and MLP-down partial products are written in the compute type, summed over
+// the ranks with ncclAllReduce on the compute stream, then added to the fp32 residual (biases
+// after the sum). Its KV-cache holds only its key-value heads, and config() describes the shard
+// (num_q_heads, num_kv_heads and intermediate_size of the rank). Every op that runs layers
+// (BeginChunk..FinishChunk, Decode) must be called on all ranks with the same arguments, each
+// rank on its own thread. tp_size == 1 is the whole model, unchanged.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +42,12 @@ struct CudaRunnerOptions {
   bool decode_graphs = true;                // capture decode steps in CUDA graphs
   size_t reserve_bytes = 1ull << 30;        // kept free on the device (driver, cuBLAS, fragmentation)
   int attn_variant = 0;                     // prefill attention kernel variant (0 = default)
+  // Tensor parallelism (see above): rank tp_rank of tp_size, summing over `tp_comm`, an
+  // ncclComm_t of tp_size ranks whose rank tp_rank is on this runner's device (opaque here so
+  // that this header stays free of nccl.h). The communicator must outlive the runner.
+  int tp_rank = 0;
+  int tp_size = 1;
+  void* tp_comm = nullptr;
 };
 
 // Number of CUDA devices; 0 (never an error, never a crash) without a driver or a GPU.
@@ -42,8 +59,17 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaRunner(const ModelFolder& f
                                                             int device,
                                                             const CudaRunnerOptions& options = {});
 
+// The same from a config and weights bound elsewhere (tensor-parallel ranks: `config` is the
+// whole model's; the runner keeps its shard as options.tp_rank / tp_size say).
+absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaRunner(const ModelConfig& config,
+                                                            const ModelWeights& weights,
+                                                            int device,
+                                                            const CudaRunnerOptions& options = {});
+
 // A runner of `config`'s shape with random weights generated on the device (uniform, std 0.02;
-// norm weights 1): benchmarks and tests that need no checkpoint.
+// norm weights 1): benchmarks and tests that need no checkpoint. With options.tp_size > 1 the
+// rank's shard of exactly the weights that tp_size == 1 generates for the same seed (so a
+// tensor-parallel group's logits can be checked against one GPU).
 absl::StatusOr<std::unique_ptr<ModelRunner>> MakeRandomCudaRunner(
     const ModelConfig& config, int device, const CudaRunnerOptions& options = {},
     uint64_t seed = 1);

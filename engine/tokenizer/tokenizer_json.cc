@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "engine/util/status_macros.h"
@@ -12,6 +13,20 @@ namespace kvr {
 namespace {
 
 using json = nlohmann::json;
+
+// A token id read from JSON: an integer in [0, 2^24]. Floats and huge numbers are refused here,
+// before a conversion could overflow (nlohmann's get<int> of 1e300 is undefined behaviour).
+struct BadTokenId : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+int32_t TokenId(const json& v) {
+  if (!v.is_number_integer()) throw BadTokenId("a token id must be an integer, got " + v.dump());
+  const bool too_big = v.is_number_unsigned() ? v.get<uint64_t>() > (1u << 24) : v.get<int64_t>() > (1 << 24);
+  if (too_big || (!v.is_number_unsigned() && v.get<int64_t>() < 0)) {
+    throw BadTokenId("a token id must be in [0, 16777216], got " + v.dump());
+  }
+  return static_cast<int32_t>(v.get<int64_t>());
+}
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -46,8 +61,7 @@ absl::Status ParseModel(const json& m, TokenizerSpec* spec) {
   const json& vocab = m.at("vocab");
   if (!vocab.is_object()) return Unsupported("BPE vocab", vocab);
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > (1 << 24)) return absl::InvalidArgumentError(absl::StrCat("bad token id ", id));
+    const int64_t id = TokenId(it.value());
     if (static_cast<size_t>(id) >= spec->vocab.size()) spec->vocab.resize(id + 1);
     spec->vocab[id] = it.key();
   }
@@ -67,7 +81,7 @@ absl::Status ParseModel(const json& m, TokenizerSpec* spec) {
   spec->bpe.ignore_merges = GetBool(m, "ignore_merges", false);
   spec->bpe.fuse_unk = GetBool(m, "fuse_unk", false);
   const std::string unk = GetString(m, "unk_token");
-  if (!unk.empty() && vocab.contains(unk)) spec->bpe.unk_id = vocab.at(unk).get<int32_t>();
+  if (!unk.empty() && vocab.contains(unk)) spec->bpe.unk_id = TokenId(vocab.at(unk));
   return absl::OkStatus();
 }
 
@@ -197,11 +211,11 @@ absl::Status ParsePostProcessor(const json& p, TokenizerSpec* spec) {
       }
       const std::string name = item.at("SpecialToken").at("id").get<std::string>();
       const json& ids = p.at("special_tokens").at(name).at("ids");
-      for (const json& id : ids) (seen_sequence ? spec->suffix_ids : spec->prefix_ids).push_back(id.get<int32_t>());
+      for (const json& id : ids) (seen_sequence ? spec->suffix_ids : spec->prefix_ids).push_back(TokenId(id));
     }
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    spec->prefix_ids = {p.at("cls").at(1).get<int32_t>()};
-    spec->suffix_ids = {p.at("sep").at(1).get<int32_t>()};
+    spec->prefix_ids = {TokenId(p.at("cls").at(1))};
+    spec->suffix_ids = {TokenId(p.at("sep").at(1))};
   } else {
     return Unsupported("post_processor", p);
   }
@@ -240,7 +254,7 @@ absl::StatusOr<TokenizerSpec> ParseTokenizerSpec(const std::string& tokenizer_js
     if (tj.contains("added_tokens")) {
       for (const json& a : tj.at("added_tokens")) {
         AddedToken t;
-        t.id = a.at("id").get<int32_t>();
+        t.id = TokenId(a.at("id"));
         t.content = a.at("content").get<std::string>();
         t.special = GetBool(a, "special", false);
         t.lstrip = GetBool(a, "lstrip", false);
@@ -273,7 +287,7 @@ absl::StatusOr<TokenizerSpec> ParseTokenizerSpec(const std::string& tokenizer_js
     if (!generation_json.empty()) {
       const json gj = json::parse(generation_json);
       auto add_eos = [&spec](const json& v) {
-        const int32_t id = v.get<int32_t>();
+        const int32_t id = TokenId(v);
         if (std::find(spec.eos_ids.begin(), spec.eos_ids.end(), id) == spec.eos_ids.end()) spec.eos_ids.push_back(id);
       };
       if (gj.contains("eos_token_id")) {
@@ -287,6 +301,8 @@ absl::StatusOr<TokenizerSpec> ParseTokenizerSpec(const std::string& tokenizer_js
     }
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("tokenizer files: bad JSON: ", e.what()));
+  } catch (const BadTokenId& e) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer files: ", e.what()));
   }
   return spec;
 }

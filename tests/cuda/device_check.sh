@@ -49,7 +49,7 @@ if has build; then
       rm -rf $BUILD; cmake -S . -B $BUILD $CFG >> "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
     fi
   fi
-  TARGETS=${TARGETS:-"cuda_kernels_test cuda_runner_test kvr_cuda_check kvr_cuda_bench"}
+  TARGETS=${TARGETS:-"cuda_kernels_test cuda_runner_test cuda_tensor_parallel_test cuda_nccl_chain_test kvr_cuda_check kvr_cuda_bench kvr-bench"}
   ninja -C $BUILD -k 0 $TARGETS > "$OUT/build.log" 2>&1; rc=$?
   grep -E 'error|warning' "$OUT/build.log" | head -40
   log "build rc=$rc"

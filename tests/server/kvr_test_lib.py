@@ -44,7 +44,12 @@ def list_services_by_reflection(channel, timeout=5.0):
 class Daemon:
     """kvrd on free loopback ports; its log goes to a file in `workdir`."""
 
-    def __init__(self, kvrd, model, workdir, extra_args=(), name="kvrd"):
+    def __init__(self, kvrd, model, workdir, extra_args=(), name="kvrd", env=None,
+                 channel_factory=None):
+        """env: extra environment variables for kvrd; channel_factory(address) makes the
+        channel start() checks health on (default: insecure)."""
+        self.env = dict(os.environ, **(env or {}))
+        self.channel_factory = channel_factory or grpc.insecure_channel
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = os.path.join(workdir, name + ".log")
@@ -60,7 +65,8 @@ class Daemon:
 
     def start(self, timeout=60):
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=self.env)
         deadline = time.time() + timeout
         # Wait for the port before making the channel: a channel whose first connection fails
         # backs off for seconds before it tries again.
@@ -72,7 +78,7 @@ class Daemon:
                 break
             except OSError:
                 time.sleep(0.05)
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = self.channel_factory(self.address)
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kvrd exited with {self.proc.returncode}:\n{self.read_log()}")

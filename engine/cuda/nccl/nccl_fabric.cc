@@ -1,8 +1,43 @@
+// NCCL fabric. See nccl_fabric.h.
+//
+// Why all-gather (TSP) hung on 4 GPUs while chain and fan-out ran (kvr-bench, 4x H200, 16k;
+// diagnosed from NCCL 2.28's source, not yet re-run on the device):
+//
+// 1. NCCL connects a point-to-point channel lazily, at the first ncclSend/ncclRecv on it, inside
+//    ncclGroupEnd on the calling thread (src/enqueue.cc marks the unconnected channels; group.cc
+//    runs ncclP2PPreconnectFunc -> ncclTransportP2pSetup, which blocks in bootstrapRecv until the
+//    PEER rank also enters its own setup, i.e. until it issues its first matching operation).
+//    The endpoints used to post every receive of the prefill up front in Post(), before the
+//    worker's first SendLayer. With all-gather every position receives from every other one, so
+//    on a link not yet used each worker's thread blocked in Post() on a peer that was itself
+//    blocked in its own Post(): a cycle of host threads. In the hung call the chain runs before
+//    TSP had connected 0->1, 1->2, 2->3 only; TSP then needed 1->0, 2->1, 0->2, 0->3 ...:
+//    position 0 waited on 1 (link 1->0), 1 on 2 (2->1), 2 on 0 (0->2). On 2 GPUs the earlier
+//    chain runs had connected 0->1, so position 1's Post() went through, its first send
+//    connected 1->0 and position 0 was released: the reason 2 GPUs "worked". (Run TSP first in
+//    a fresh process and it would have hung on 2 GPUs too.) Chain and fan-out only receive
+//    from earlier positions, so their waits form no cycle.
+//    Fix: every connection (each direction's communicator, and the all-gather communicator) is
+//    made at Init, from one thread, in groups that hold both ends (ConnectAll), as
+//    ncclCommInitAll does; no worker ever waits on NCCL's connection setup.
+//
+// 2. Device side, all-gather also broke the property that keeps chain and fan-out safe: there,
+//    every transfer a GPU waits for depends only on earlier positions, so no serialization of
+//    its streams (CUDA_DEVICE_MAX_CONNECTIONS = 8 hardware queues shared by ~20 streams per GPU
+//    here, NCCL kernels spinning on resident SMs) can close a cycle. With all-gather, 3 x 32
+//    blocking receive kernels queued up front per GPU could sit in a hardware queue ahead of the
+//    send that their own peer needs first. So all-gather no longer uses the per-direction
+//    links: one communicator over all GPUs, one stream per GPU, and per layer ONE group with the
+//    layer's sends to and receives from every peer (one NCCL kernel per GPU per layer, issued
+//    after the layer's K/V are written, the way an ncclAllGather is). Every operation then waits
+//    only on work issued before it on its GPU and on the same layer's group on the peers, so it
+//    cannot deadlock whatever NCCL or the hardware serialises.
 #include "engine/cuda/nccl/nccl_fabric.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <cstdlib>
 #include <utility>
 #include <vector>
 
@@ -22,6 +57,17 @@ absl::Status NcclOk(ncclResult_t r, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(r)));
 }
 
+// Runs an NCCL group: start, `ops`, end (the end also when an op failed, so that this thread
+// is never left inside a group).
+template <typename Ops>
+absl::Status NcclGroup(Ops&& ops) {
+  KVR_RETURN_IF_ERROR(NcclOk(ncclGroupStart(), "ncclGroupStart"));
+  absl::Status st = ops();
+  const ncclResult_t end = ncclGroupEnd();
+  KVR_RETURN_IF_ERROR(st);
+  return NcclOk(end, "ncclGroupEnd");
+}
+
 // The link from device `self` to device `peer`.
 // In both communicators of a direction the sender is rank 0 and the receiver rank 1.
 struct Link {
@@ -37,7 +83,7 @@ class NcclEndpoint : public ChainEndpoint {
  public:
   NcclEndpoint(NcclFabric* fabric, int position) : fabric_(fabric), position_(position) {}
   ~NcclEndpoint() override;
-  absl::Status Post();  // posts every receive of the prefill
+  absl::Status Post();  // posts every receive of the prefill (chain, fan-out)
   absl::Status SendLayer(int layer) override;
   absl::Status WaitPrefix(int layer) override;
   absl::Status Finish() override;
@@ -45,6 +91,7 @@ class NcclEndpoint : public ChainEndpoint {
 
  private:
   cudaEvent_t NewEvent(bool timing);
+  absl::Status AllGatherLayer(int layer);  // SendLayer of the all-gather topology
   NcclFabric* fabric_;
   int position_;
   std::vector<cudaEvent_t> events_;                  // every event this endpoint made
@@ -59,7 +106,8 @@ class NcclFabric : public ChainFabric {
   absl::Status Init(int n) {
     n_ = n;
     links_.assign(n, std::vector<Link>(n));
-    KVR_RETURN_IF_ERROR(InitComms());
+    ag_comms_.assign(n, nullptr);
+    ag_streams_.assign(n, nullptr);
     for (int i = 0; i < n; ++i) {
       KVR_RETURN_IF_ERROR(CudaOk(cudaSetDevice(i), "cudaSetDevice"));
       int lo = 0, hi = 0;
@@ -69,14 +117,19 @@ class NcclFabric : public ChainFabric {
         KVR_RETURN_IF_ERROR(CudaOk(cudaStreamCreateWithPriority(&links_[i][j].send, cudaStreamNonBlocking, hi), "stream"));
         KVR_RETURN_IF_ERROR(CudaOk(cudaStreamCreateWithPriority(&links_[i][j].recv, cudaStreamNonBlocking, hi), "stream"));
       }
+      if (n > 1) {
+        KVR_RETURN_IF_ERROR(CudaOk(cudaStreamCreateWithPriority(&ag_streams_[i], cudaStreamNonBlocking, hi), "stream"));
+      }
     }
-    return absl::OkStatus();
+    return InitComms();
   }
 
   // Two two-rank communicators per pair of devices, one for each direction: NCCL runs the
   // operations of one communicator in the order they were issued, so a communicator that
   // carried both directions would queue a device's sends behind the receives it posted up front
   // (and its peer's likewise): a deadlock as soon as two positions send to each other.
+  // Plus one communicator over all devices for the all-gather topology (rank = device).
+  // Every connection is then made at once (ConnectAll): see the top of this file.
   absl::Status InitComms() {
     for (int i = 0; i < n_; ++i) {
       for (int j = 0; j < n_; ++j) {
@@ -88,12 +141,70 @@ class NcclFabric : public ChainFabric {
         links_[j][i].recv_comm = comms[1];
       }
     }
-    return absl::OkStatus();
+    if (n_ > 1) {
+      std::vector<int> devs(n_);
+      for (int i = 0; i < n_; ++i) devs[i] = i;
+      KVR_RETURN_IF_ERROR(NcclOk(ncclCommInitAll(ag_comms_.data(), n_, devs.data()), "ncclCommInitAll (all-gather)"));
+    }
+    return ConnectAll();
+  }
+
+  // Makes every NCCL point-to-point connection now, from this one thread: one byte over each
+  // direction's communicator (both ranks in one group, so NCCL sets both ends up concurrently on
+  // its own threads), then one byte between every pair of the all-gather communicator (all
+  // ranks in one group), and waits for them. NCCL would otherwise connect each channel at its
+  // first use, inside ncclGroupEnd on the worker's thread, blocking until the peer's thread
+  // gets there too (see the top of this file).
+  absl::Status ConnectAll() {
+    if (n_ < 2) return absl::OkStatus();
+    std::vector<std::byte*> buf(n_, nullptr);
+    absl::Status st = [&]() -> absl::Status {
+      for (int d = 0; d < n_; ++d) {
+        KVR_RETURN_IF_ERROR(CudaOk(cudaSetDevice(d), "cudaSetDevice"));
+        KVR_RETURN_IF_ERROR(CudaOk(cudaMalloc(&buf[d], 1 + n_), "cudaMalloc"));
+      }
+      auto sync = [&](int d, cudaStream_t s) {
+        KVR_RETURN_IF_ERROR(CudaOk(cudaSetDevice(d), "cudaSetDevice"));
+        return CudaOk(cudaStreamSynchronize(s), "connecting NCCL links");
+      };
+      for (int i = 0; i < n_; ++i) {
+        for (int j = 0; j < n_; ++j) {
+          if (i == j) continue;
+          KVR_RETURN_IF_ERROR(NcclGroup([&]() -> absl::Status {
+            KVR_RETURN_IF_ERROR(NcclOk(ncclSend(buf[i], 1, ncclInt8, 1, links_[i][j].send_comm, links_[i][j].send), "ncclSend"));
+            return NcclOk(ncclRecv(buf[j] + 1 + i, 1, ncclInt8, 0, links_[j][i].recv_comm, links_[j][i].recv), "ncclRecv");
+          }));
+          KVR_RETURN_IF_ERROR(sync(i, links_[i][j].send));
+          KVR_RETURN_IF_ERROR(sync(j, links_[j][i].recv));
+        }
+      }
+      KVR_RETURN_IF_ERROR(NcclGroup([&]() -> absl::Status {
+        for (int d = 0; d < n_; ++d) {
+          for (int e = 0; e < n_; ++e) {
+            if (d == e) continue;
+            KVR_RETURN_IF_ERROR(NcclOk(ncclSend(buf[d], 1, ncclInt8, e, ag_comms_[d], ag_streams_[d]), "ncclSend"));
+            KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(buf[d] + 1 + e, 1, ncclInt8, e, ag_comms_[d], ag_streams_[d]), "ncclRecv"));
+          }
+        }
+        return absl::OkStatus();
+      }));
+      for (int d = 0; d < n_; ++d) KVR_RETURN_IF_ERROR(sync(d, ag_streams_[d]));
+      return absl::OkStatus();
+    }();
+    for (int d = 0; d < n_; ++d) {
+      if (buf[d]) {
+        cudaSetDevice(d);
+        cudaFree(buf[d]);
+      }
+    }
+    return st;
   }
 
   ~NcclFabric() override {
     for (int i = 0; i < n_; ++i) {
       cudaSetDevice(i);
+      if (ag_comms_[i]) ncclCommDestroy(ag_comms_[i]);
+      if (ag_streams_[i]) cudaStreamDestroy(ag_streams_[i]);
       for (int j = 0; j < n_; ++j) {
         if (i == j) continue;
         if (links_[i][j].send_comm) ncclCommDestroy(links_[i][j].send_comm);
@@ -139,6 +250,8 @@ class NcclFabric : public ChainFabric {
           *c = nullptr;
         }
       }
+      if (ag_comms_[i]) ncclCommAbort(ag_comms_[i]);
+      ag_comms_[i] = nullptr;
     }
   }
 
@@ -148,10 +261,15 @@ class NcclFabric : public ChainFabric {
   const std::vector<KvTransfer>& transfers() const { return transfers_; }
   KvCache& cache(int position) { return *caches_[position]; }
   ModelRunner& runner(int position) { return *runners_[position]; }
+  // The all-gather communicator's handle on `position`'s device (its rank there is the device).
+  ncclComm_t ag_comm(int position) { return ag_comms_[device(position)]; }
+  cudaStream_t ag_stream(int position) { return ag_streams_[device(position)]; }
 
  private:
   int n_ = 0;
-  std::vector<std::vector<Link>> links_;  // [self][peer]
+  std::vector<std::vector<Link>> links_;  // [self][peer]: chain and fan-out
+  std::vector<ncclComm_t> ag_comms_;      // [device]: all-gather, one communicator over all devices
+  std::vector<cudaStream_t> ag_streams_;  // [device]: its one communication stream
   PrefillPlan plan_;
   std::vector<KvCache*> caches_;
   std::vector<ModelRunner*> runners_;
@@ -177,6 +295,16 @@ absl::Status NcclEndpoint::Post() {
   recv_done_.assign(layers, {});
   stall_.resize(layers);
   for (int l = 0; l < layers; ++l) stall_[l] = {NewEvent(true), NewEvent(true)};
+  if (fabric_->plan().topology == Topology::kAllGather) {
+    // Nothing up front: each layer's receives go out with its sends, in one group (SendLayer).
+    for (const KvTransfer& t : fabric_->transfers()) {
+      if (t.to == position_ || t.from == position_) {
+        streams_used_.push_back(fabric_->ag_stream(position_));
+        break;
+      }
+    }
+    return absl::OkStatus();
+  }
   // Every incoming transfer of every layer, in layer order, on its link's receive stream,
   // landing directly in this position's cache rows; an event after each marks its arrival.
   for (int l = 0; l < layers; ++l) {
@@ -186,10 +314,10 @@ absl::Status NcclEndpoint::Post() {
       Link& link = fabric_->link(position_, t.from);
       const size_t offset = static_cast<size_t>(t.begin) * view.bytes_per_token;
       const size_t bytes = static_cast<size_t>(t.end - t.begin) * view.bytes_per_token;
-      KVR_RETURN_IF_ERROR(NcclOk(ncclGroupStart(), "ncclGroupStart"));
-      KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.k + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv K"));
-      KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.v + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv V"));
-      KVR_RETURN_IF_ERROR(NcclOk(ncclGroupEnd(), "ncclGroupEnd"));
+      KVR_RETURN_IF_ERROR(NcclGroup([&]() -> absl::Status {
+        KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.k + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv K"));
+        return NcclOk(ncclRecv(view.v + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv V");
+      }));
       cudaEvent_t done = NewEvent(false);
       KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(done, link.recv), "cudaEventRecord"));
       recv_done_[l].push_back(done);
@@ -204,6 +332,7 @@ absl::Status NcclEndpoint::Post() {
 }
 
 absl::Status NcclEndpoint::SendLayer(int layer) {
+  if (fabric_->plan().topology == Topology::kAllGather) return AllGatherLayer(layer);
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
   cudaEvent_t qkv_done = NewEvent(false);
   KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(qkv_done, compute), "cudaEventRecord"));
@@ -220,12 +349,52 @@ absl::Status NcclEndpoint::SendLayer(int layer) {
     }
     const size_t offset = static_cast<size_t>(t.begin) * view.bytes_per_token;
     const size_t bytes = static_cast<size_t>(t.end - t.begin) * view.bytes_per_token;
-    KVR_RETURN_IF_ERROR(NcclOk(ncclGroupStart(), "ncclGroupStart"));
-    KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.k + offset, bytes, ncclInt8, 1, link.send_comm, link.send), "ncclSend K"));
-    KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.v + offset, bytes, ncclInt8, 1, link.send_comm, link.send), "ncclSend V"));
-    KVR_RETURN_IF_ERROR(NcclOk(ncclGroupEnd(), "ncclGroupEnd"));
+    KVR_RETURN_IF_ERROR(NcclGroup([&]() -> absl::Status {
+      KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.k + offset, bytes, ncclInt8, 1, link.send_comm, link.send), "ncclSend K"));
+      return NcclOk(ncclSend(view.v + offset, bytes, ncclInt8, 1, link.send_comm, link.send), "ncclSend V");
+    }));
     stats_.bytes_sent += 2 * bytes;
   }
+  return absl::OkStatus();
+}
+
+// All-gather: once this position's K/V rows of the layer are written, one group on its device's
+// all-gather stream sends them to every other position and receives every other position's rows
+// straight into this cache; WaitPrefix(layer) waits for that group.
+absl::Status NcclEndpoint::AllGatherLayer(int layer) {
+  const std::vector<KvTransfer>& transfers = fabric_->transfers();
+  bool any = false;
+  for (const KvTransfer& t : transfers) any = any || t.from == position_ || t.to == position_;
+  recv_done_[layer].clear();
+  if (!any) return absl::OkStatus();  // a plan of one chunk
+  cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
+  cudaStream_t stream = fabric_->ag_stream(position_);
+  ncclComm_t comm = fabric_->ag_comm(position_);
+  cudaEvent_t qkv_done = NewEvent(false);
+  KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(qkv_done, compute), "cudaEventRecord"));
+  KVR_RETURN_IF_ERROR(CudaOk(cudaStreamWaitEvent(stream, qkv_done, 0), "cudaStreamWaitEvent"));
+  const KvLayerView view = fabric_->cache(position_).layer(layer);
+  KVR_RETURN_IF_ERROR(NcclGroup([&]() -> absl::Status {
+    for (const KvTransfer& t : transfers) {
+      const size_t offset = static_cast<size_t>(t.begin) * view.bytes_per_token;
+      const size_t bytes = static_cast<size_t>(t.end - t.begin) * view.bytes_per_token;
+      if (t.from == position_) {
+        const int peer = fabric_->device(t.to);
+        KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.k + offset, bytes, ncclInt8, peer, comm, stream), "ncclSend K"));
+        KVR_RETURN_IF_ERROR(NcclOk(ncclSend(view.v + offset, bytes, ncclInt8, peer, comm, stream), "ncclSend V"));
+        stats_.bytes_sent += 2 * bytes;
+      } else if (t.to == position_) {
+        const int peer = fabric_->device(t.from);
+        KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.k + offset, bytes, ncclInt8, peer, comm, stream), "ncclRecv K"));
+        KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.v + offset, bytes, ncclInt8, peer, comm, stream), "ncclRecv V"));
+        stats_.bytes_received += 2 * bytes;
+      }
+    }
+    return absl::OkStatus();
+  }));
+  cudaEvent_t done = NewEvent(false);
+  KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(done, stream), "cudaEventRecord"));
+  recv_done_[layer].push_back(done);
   return absl::OkStatus();
 }
 
@@ -257,6 +426,9 @@ absl::Status NcclEndpoint::Finish() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ChainFabric>> MakeNcclFabric(int num_devices) {
+  // Point-to-point transfers need no NVLink multicast (NVLS); NCCL would otherwise set it up on
+  // NVSwitch machines, where it can take shared GPUs out of service. An explicit setting wins.
+  setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
   auto fabric = std::make_unique<NcclFabric>();
   KVR_RETURN_IF_ERROR(fabric->Init(num_devices));
   return std::unique_ptr<ChainFabric>(std::move(fabric));
