@@ -1,5 +1,6 @@
 #include "engine/tokenizer/tokenizer_json.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -14,16 +15,23 @@ namespace {
 
 using json = nlohmann::json;
 
-// A token id read from JSON: an integer in [0, 2^24]. Floats and huge numbers are refused here,
-// before a conversion could overflow (nlohmann's get<int> of 1e300 is undefined behaviour).
+// A token id read from JSON: an integer in [0, limit). Floats and huge numbers are refused here,
+// before a conversion could overflow (nlohmann's get<int> of 1e300 is undefined behaviour), and
+// so are ids far past the vocabulary's size, which would make the id tables huge (a 1 KB file
+// with id 16000000 must not allocate half a gigabyte).
 struct BadTokenId : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-int32_t TokenId(const json& v) {
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+// Ids may leave gaps, but no more than this many past the number of tokens defined.
+constexpr int64_t kIdSlack = int64_t{1} << 16;
+int32_t TokenId(const json& v, int64_t limit = kMaxTokenId) {
+  limit = std::min(limit, kMaxTokenId);
   if (!v.is_number_integer()) throw BadTokenId("a token id must be an integer, got " + v.dump());
-  const bool too_big = v.is_number_unsigned() ? v.get<uint64_t>() > (1u << 24) : v.get<int64_t>() > (1 << 24);
+  const bool too_big = v.is_number_unsigned() ? v.get<uint64_t>() >= static_cast<uint64_t>(limit)
+                                              : v.get<int64_t>() >= limit;
   if (too_big || (!v.is_number_unsigned() && v.get<int64_t>() < 0)) {
-    throw BadTokenId("a token id must be in [0, 16777216], got " + v.dump());
+    throw BadTokenId(absl::StrCat("a token id must be in [0, ", limit, "), got ", v.dump()));
   }
   return static_cast<int32_t>(v.get<int64_t>());
 }
@@ -61,7 +69,7 @@ absl::Status ParseModel(const json& m, TokenizerSpec* spec) {
   const json& vocab = m.at("vocab");
   if (!vocab.is_object()) return Unsupported("BPE vocab", vocab);
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = TokenId(it.value());
+    const int64_t id = TokenId(it.value(), static_cast<int64_t>(vocab.size()) + kIdSlack);
     if (static_cast<size_t>(id) >= spec->vocab.size()) spec->vocab.resize(id + 1);
     spec->vocab[id] = it.key();
   }
@@ -252,9 +260,10 @@ absl::StatusOr<TokenizerSpec> ParseTokenizerSpec(const std::string& tokenizer_js
     const json tj = json::parse(tokenizer_json);
     KVR_RETURN_IF_ERROR(ParseModel(tj.at("model"), &spec));
     if (tj.contains("added_tokens")) {
+      const int64_t id_limit = static_cast<int64_t>(spec.vocab.size() + tj.at("added_tokens").size()) + kIdSlack;
       for (const json& a : tj.at("added_tokens")) {
         AddedToken t;
-        t.id = TokenId(a.at("id"));
+        t.id = TokenId(a.at("id"), id_limit);
         t.content = a.at("content").get<std::string>();
         t.special = GetBool(a, "special", false);
         t.lstrip = GetBool(a, "lstrip", false);

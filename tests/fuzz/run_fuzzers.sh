@@ -3,7 +3,12 @@
 # tests/fuzz/CMakeLists.txt) and runs each for a bounded time from its seed corpus.
 #
 #   tests/fuzz/run_fuzzers.sh [--seconds 20] [--jobs 2] [--build-dir build-fuzz] [--cxx clang++]
-#                             [--only tokenizer_encode_fuzz] [--keep-corpus]
+#                             [--only tokenizer_encode_fuzz] [--keep-corpus] [--runs N --seed S]
+#
+# --runs N --seed S: a fixed number of executions from a fixed random seed instead of a time
+# budget, which is what CI uses: the mutations are seeded, so runs try nearly the same inputs
+# whatever the machine's speed (two runs here differed by a few percent in corpus size: libFuzzer
+# keeps inputs by coverage as they arrive). Time-boxed runs explore more.
 #
 # Seeds are read from tests/fuzz/corpus/<target>/ (never written: what a run finds goes to
 # <build-dir>/corpus/<target>/). A crash, leak, sanitizer report or timeout fails the run and
@@ -13,6 +18,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_EACH=20
+RUNS=""
+SEED=1
 JOBS=$(nproc)
 BUILD=build-fuzz
 CXX_BIN=$(command -v clang++ || command -v clang++-14 || true)
@@ -21,6 +28,8 @@ KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_EACH=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --seed) SEED=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
     --build-dir) BUILD=$2; shift 2 ;;
     --cxx) CXX_BIN=$2; shift 2 ;;
@@ -58,7 +67,9 @@ run_one() {
   [ "$KEEP" = 1 ] || rm -rf "$corpus"
   mkdir -p "$corpus"
   # Each target gets its own scratch folder (some write their input to a file).
-  TMPDIR=$(mktemp -d) "$BUILD/$t" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
+  local budget=(-max_total_time="$SECONDS_EACH")
+  if [ -n "$RUNS" ]; then budget=(-runs="$RUNS" -seed="$SEED"); fi
+  TMPDIR=$(mktemp -d) "$BUILD/$t" "${budget[@]}" -timeout=10 -rss_limit_mb=2048 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="$BUILD/artifacts/$t-" \
     "$corpus" "tests/fuzz/corpus/${t%_fuzz}" >"$BUILD/logs/$t.log" 2>&1
   echo $? >"$BUILD/logs/$t.rc"
