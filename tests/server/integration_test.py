@@ -209,7 +209,7 @@ def main():
             details = expect_code(IC, lambda: list(call(raw, timeout=5)))
             assert "99" in details, details
             # The daemon is still fine.
-            ids, _, _, _ = generate(stub, pb, text="hi", sampling=S(max_tokens=3))
+            ids, _, _, _ = generate(stub, pb, text="hi", sampling=S(max_tokens=3, ignore_eos=True))
             assert len(ids) == 3
         checks.run("bad inputs get INVALID_ARGUMENT saying what is allowed", refusals)
 
