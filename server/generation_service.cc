@@ -346,6 +346,15 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
   return new GenerateReactor(this, request, Authenticate(context));
 }
 
+grpc::ServerUnaryReactor* GenerationService::RejectUnauthenticated(grpc::CallbackServerContext* context) {
+  absl::Status auth = Authenticate(context);
+  if (auth.ok()) return nullptr;
+  CountRejected(auth);
+  grpc::ServerUnaryReactor* denied = context->DefaultReactor();
+  denied->Finish(ToGrpcStatus(auth));
+  return denied;
+}
+
 absl::Status GenerationService::Authenticate(const grpc::CallbackServerContext* context) const {
   if (options_.auth_token.empty()) return absl::OkStatus();
   const std::string expected = "Bearer " + options_.auth_token;
@@ -367,12 +376,7 @@ absl::Status GenerationService::Authenticate(const grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* context,
                                                    const v1::AbortRequest* request,
                                                    v1::AbortResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) {
-    CountRejected(auth);
-    auto* denied = context->DefaultReactor();
-    denied->Finish(ToGrpcStatus(auth));
-    return denied;
-  }
+  if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
   auto* reactor = context->DefaultReactor();
   if (request->request_id().empty()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -386,12 +390,7 @@ grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) {
-    CountRejected(auth);
-    auto* denied = context->DefaultReactor();
-    denied->Finish(ToGrpcStatus(auth));
-    return denied;
-  }
+  if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
   auto* reactor = context->DefaultReactor();
   if (options_.tokenizer == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -424,12 +423,7 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerContext* context,
                                                         const v1::DetokenizeRequest* request,
                                                         v1::DetokenizeResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) {
-    CountRejected(auth);
-    auto* denied = context->DefaultReactor();
-    denied->Finish(ToGrpcStatus(auth));
-    return denied;
-  }
+  if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
   auto* reactor = context->DefaultReactor();
   if (options_.tokenizer == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -460,12 +454,7 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetModelInfoRequest* request,
                                                           v1::ModelInfo* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) {
-    CountRejected(auth);
-    auto* denied = context->DefaultReactor();
-    denied->Finish(ToGrpcStatus(auth));
-    return denied;
-  }
+  if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
   const ModelConfig& m = *options_.model;
   response->set_name(options_.limits.name);
   response->set_architecture(ArchitectureName(m.arch));
@@ -499,12 +488,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* GenerationService::GetServerInfo(grpc::CallbackServerContext* context,
                                                            const v1::GetServerInfoRequest* request,
                                                            v1::ServerInfo* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) {
-    CountRejected(auth);
-    auto* denied = context->DefaultReactor();
-    denied->Finish(ToGrpcStatus(auth));
-    return denied;
-  }
+  if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
   *response = options_.server_info;
   SchedulerStats s = options_.scheduler->stats();
   response->set_num_waiting(s.waiting);

@@ -63,6 +63,9 @@ class GenerationService final : public v1::Kvr::CallbackService {
   const ServiceOptions& options() const { return options_; }
   // OK, or UNAUTHENTICATED when a token is required and the call does not carry it.
   absl::Status Authenticate(const grpc::CallbackServerContext* context) const;
+  // For unary calls: null when the call may proceed, else a reactor already finished with
+  // UNAUTHENTICATED (and the refusal counted).
+  grpc::ServerUnaryReactor* RejectUnauthenticated(grpc::CallbackServerContext* context);
   std::string NextRequestId() { return "kvr-" + std::to_string(next_id_.fetch_add(1) + 1); }
   void CountRejected(const absl::Status& status);
   // A request ended: served (ok) or failed in the backend; drives ServiceOptions::set_serving.
