@@ -397,12 +397,8 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                  "this model folder has no tokenizer.json"));
     return reactor;
   }
-  if (request->text().size() > options_.limits.max_prompt_bytes) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 absl::StrCat("text is ", request->text().size(),
-                                              " bytes; allowed: at most ",
-                                              options_.limits.max_prompt_bytes,
-                                              " (--max_prompt_bytes)")));
+  if (absl::Status s = CheckPromptTextSize(request->text().size(), options_.limits); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
     return reactor;
   }
   auto ids = options_.tokenizer->Encode(

@@ -70,6 +70,12 @@ absl::StatusOr<SamplingParams> ToSamplingParams(const v1::SamplingParams& p,
   return s;
 }
 
+absl::Status CheckPromptTextSize(size_t bytes, const ModelLimits& limits) {
+  if (bytes <= limits.max_prompt_bytes) return absl::OkStatus();
+  return Bad(absl::StrCat("the prompt text is ", bytes, " bytes; allowed: at most ", limits.max_prompt_bytes,
+                          " (--max_prompt_bytes)"));
+}
+
 absl::Status CheckGenerateRequest(const v1::GenerateRequest& request, const ModelLimits& limits) {
   if (!request.model().empty() && request.model() != limits.name)
     return Bad(absl::StrCat("model \"", request.model(), "\" is not served here; allowed: \"",
@@ -82,10 +88,7 @@ absl::Status CheckGenerateRequest(const v1::GenerateRequest& request, const Mode
     case v1::GenerateRequest::kText:
       if (request.text().empty())
         return Bad("the prompt is empty: give a non-empty text or at least one token id");
-      if (request.text().size() > limits.max_prompt_bytes)
-        return Bad(absl::StrCat("the prompt text is ", request.text().size(),
-                                " bytes; allowed: at most ", limits.max_prompt_bytes,
-                                " (--max_prompt_bytes)"));
+      if (absl::Status s = CheckPromptTextSize(request.text().size(), limits); !s.ok()) return s;
       break;
     case v1::GenerateRequest::kTokenIds:
       if (request.token_ids().ids().empty())

@@ -35,6 +35,10 @@ absl::StatusOr<SamplingParams> ToSamplingParams(const v1::SamplingParams& p,
 // Checks the parts of a GenerateRequest that need no tokenizer: model name, request id,
 // unknown fields, that a prompt is given. (Length limits are checked once the prompt is tokens,
 // by CheckPromptLength.)
+// InvalidArgument when a prompt text is longer than --max_prompt_bytes (checked before
+// tokenizing, by Generate and Tokenize alike).
+absl::Status CheckPromptTextSize(size_t bytes, const ModelLimits& limits);
+
 absl::Status CheckGenerateRequest(const v1::GenerateRequest& request, const ModelLimits& limits);
 
 // Prompt and output must fit: non-empty prompt, ids in range, prompt + max_tokens <= the limit.
