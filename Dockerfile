@@ -41,6 +41,8 @@ COPY --from=build /src/kvr/models/kvr-demo /opt/kvr/models/kvr-demo
 COPY deploy/kvrd/entrypoint.sh /opt/kvr/bin/kvrd-entrypoint
 COPY deploy/kvrd/healthcheck.py /opt/kvr/bin/kvr-healthcheck
 COPY deploy/kvrd/kvrd.json /etc/kvr/kvrd.json
+# KVR-P split tables searched on the device (kvrd.json's partition reads h200.json).
+COPY config /opt/kvr/config
 # A non-root user; the model folder is mounted read-only at /models/model.
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin kvr \
  && mkdir -p /models/model

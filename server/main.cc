@@ -20,7 +20,9 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address host:port");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address host:port");
 ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is present), cpu or cuda");
 ABSL_FLAG(int, workers, 0, "prefill workers = devices; 0: every GPU, or 2 on the CPU");
-ABSL_FLAG(std::string, partition, "even", "prefill split planner: even, cost, fixed:n1,n2,...");
+ABSL_FLAG(std::string, partition, "even",
+          "prefill split planner: even, cost (cost model), table:PATH (KVR-P split table, e.g. "
+          "config/splits/h200.json; the cost model where it has no entry), fixed:n1,n2,...");
 ABSL_FLAG(std::string, topology, "chain", "KV-Runahead transfer topology: chain or fan-out");
 ABSL_FLAG(int, cpu_threads, 1, "matrix-product threads per CPU worker");
 ABSL_FLAG(int, max_queue, 64, "requests waiting for prefill; beyond it RESOURCE_EXHAUSTED");

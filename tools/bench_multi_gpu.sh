@@ -18,7 +18,7 @@ if [ "${SMOKE:-1}" = 1 ]; then
     bash tools/bench_device.sh "$SHAPE" 2 1024 >> "$S" 2>&1 || say "smoke failed"
 fi
 say "kvr-bench $SHAPE, links on"
-OUT=$R BENCH_TIMEOUT=${MAIN_TIMEOUT:-330} bash tools/bench_device.sh "$SHAPE" 1,2,$NGPU "$CTX" 2>&1 | grep -v "^I " >> "$S"
+OUT=$R BENCH_TIMEOUT=${MAIN_TIMEOUT:-330} bash tools/bench_device.sh "$SHAPE" "$(echo 1,2,$NGPU | tr , "\n" | sort -nu | paste -sd,)" "$CTX" 2>&1 | grep -v "^I " >> "$S"
 say "torch peers, links on"
 timeout 150 torchrun --nproc_per_node=1 .carry/peers/torch_prefill.py --ctx "$CTX" --reps 3 $TORCH_FLAGS 2>/dev/null | grep '^{' >> "$R/torch.jsonl"
 timeout 200 torchrun --nproc_per_node=$NGPU .carry/peers/torch_prefill.py --ctx "$CTX" --modes tp,kvra_bal --reps 3 $TORCH_FLAGS 2>/dev/null | grep '^{' >> "$R/torch.jsonl"

@@ -45,6 +45,7 @@
 #include "engine/cuda/tensor_parallel.h"
 #include "engine/prefill/coordinator.h"
 #include "engine/prefill/cost_model.h"
+#include "engine/prefill/setup_key.h"
 #include "engine/prefill/split_table.h"
 #include "engine/util/clock.h"
 #include "engine/util/log.h"
@@ -317,13 +318,10 @@ double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
   return diff / std::max(scale, 1e-30);
 }
 
-std::string CardName() {
+std::string Gpu0Card() {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::string name = prop.name;
-  if (name.find("H200") != std::string::npos) return "H200";
-  if (name.find("H100") != std::string::npos) return "H100";
-  return name;
+  return CardName(prop.name);
 }
 
 absl::Status Run() {
@@ -339,7 +337,7 @@ absl::Status Run() {
   if (available < max_gpus) {
     return absl::FailedPreconditionError(absl::StrCat(max_gpus, " GPUs asked for, ", available, " present"));
   }
-  const std::string card = CardName();
+  const std::string card = Gpu0Card();
   KVR_LOG(INFO) << "kvr-bench: " << config.model_type << " (L=" << config.num_layers << "), " << available
                 << "x " << card << ", contexts " << absl::GetFlag(FLAGS_ctx);
 
@@ -397,7 +395,7 @@ absl::Status Run() {
         KVR_LOG(WARNING) << "tp at " << p << " GPUs: " << tp_refused;
       }
     }
-    const std::string setup = absl::StrCat(config.model_type, "/", p, "x", card, "/", absl::GetFlag(FLAGS_link));
+    const std::string setup = SetupKey(ShapeName(config), p, card, absl::GetFlag(FLAGS_link));
     std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
     for (int C : contexts) {
       const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + C);

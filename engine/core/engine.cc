@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -9,6 +10,8 @@
 #include "engine/cpu/cpu_runner.h"
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/inproc_transport.h"
+#include "engine/prefill/setup_key.h"
+#include "engine/prefill/split_table.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/util/clock.h"
 #include "engine/util/log.h"
@@ -39,11 +42,28 @@ DeviceCosts DefaultCosts(const std::string& backend) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
-                                                     const ModelConfig& config, int element_bytes) {
+                                                     const ModelConfig& config, int element_bytes,
+                                                     const std::string& setup, int workers) {
   if (partition == "even") return std::unique_ptr<Planner>(new EvenPlanner(topology));
   if (partition == "cost" || partition == "cost-cpu") {
     return std::unique_ptr<Planner>(new CostModelPlanner(
         LayerShape::Of(config, element_bytes), DefaultCosts(partition == "cost-cpu" ? "cpu" : "cuda"), topology));
+  }
+  if (absl::StartsWith(partition, "table:")) {
+    const std::string path = partition.substr(6);
+    KVR_ASSIGN_OR_RETURN(SplitTable table, SplitTable::Load(path));
+    auto fallback = std::make_shared<CostModelPlanner>(LayerShape::Of(config, element_bytes),
+                                                       DefaultCosts(element_bytes == 4 ? "cpu" : "cuda"), topology);
+    auto planner = std::make_unique<TablePlanner>(std::move(table), setup, topology, fallback);
+    if (planner->Covers(workers)) {
+      KVR_LOG(INFO) << "partition: searched splits for " << setup << " from " << path
+                    << " (interpolated between searched lengths)";
+    } else {
+      KVR_LOG(WARNING) << "partition: " << path << " has no searched split for " << setup
+                       << "; the cost model plans every prompt instead (kvr-bench --modes kvr-s --table " << path
+                       << " adds one)";
+    }
+    return std::unique_ptr<Planner>(std::move(planner));
   }
   if (absl::StartsWith(partition, "fixed:")) {
     std::vector<int> sizes;
@@ -58,7 +78,8 @@ absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partitio
     return std::unique_ptr<Planner>(new FixedPlanner(sizes, topology));
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown partition \"", partition, "\" (allowed: even, cost, cost-cpu, fixed:n1,n2,...)"));
+      absl::StrCat("unknown partition \"", partition,
+                   "\" (allowed: even, cost, cost-cpu, table:PATH (a KVR-P split table), fixed:n1,n2,...)"));
 }
 
 Engine::~Engine() {
@@ -145,7 +166,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   for (auto& r : engine->runners_) ptrs.push_back(r.get());
   engine->coordinator_ = std::make_unique<PrefillCoordinator>(ptrs, std::move(fabric), on_thread_start);
   KVR_ASSIGN_OR_RETURN(const Topology topology, ParseTopology(options.topology));
-  KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes));
+  const std::string setup =
+      SetupKey(ShapeName(config), workers, CardName(engine->runners_[0]->device_name()),
+               engine->backend_ == "cpu" ? "inproc" : GpuLinkName());
+  KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes, setup, workers));
   KVR_LOG(INFO) << "engine ready in " << SecondsSince(t0) << " s: partition " << engine->planner_->name()
                 << ", topology " << TopologyName(topology);
   return engine;

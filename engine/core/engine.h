@@ -26,7 +26,7 @@ struct EngineOptions {
   std::string model_dir;
   std::string backend = "auto";     // auto (CUDA when a GPU is present), cpu, cuda
   int workers = 0;                  // prefill workers: 0 = every GPU, or 2 on the CPU
-  std::string partition = "even";   // even | cost | fixed:n1,n2,...
+  std::string partition = "even";   // even | cost | table:PATH | fixed:n1,n2,...
   std::string topology = "chain";   // chain | fan-out
   int cpu_threads = 1;              // matrix-product threads per CPU worker
   bool load_tokenizer = true;       // false: token ids only
@@ -68,8 +68,10 @@ class Engine {
   std::atomic<int> next_last_worker_{0};
 };
 
-// Parses EngineOptions::partition into a planner for `config`.
+// Parses EngineOptions::partition into a planner for `config`. `setup` (setup_key.h: shape,
+// workers x card, link) and `workers` select the curve of a table:PATH split table.
 absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
-                                                     const ModelConfig& config, int element_bytes);
+                                                     const ModelConfig& config, int element_bytes,
+                                                     const std::string& setup = "", int workers = 1);
 
 }  // namespace kvr

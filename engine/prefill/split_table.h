@@ -9,6 +9,7 @@
 // entry's shares are used. Sizes are then rounded to add up to the length.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,17 +40,25 @@ class SplitTable {
   std::vector<SplitEntry> entries_;
 };
 
+// Plans from the table's curve for `setup`. Where the table has no curve for the setup and
+// worker count, `fallback` plans instead (the daemon passes the cost model); without one, Plan
+// returns NotFound.
 class TablePlanner : public Planner {
  public:
-  TablePlanner(SplitTable table, std::string setup, Topology topology = Topology::kChain)
-      : table_(std::move(table)), setup_(std::move(setup)), topology_(topology) {}
+  TablePlanner(SplitTable table, std::string setup, Topology topology = Topology::kChain,
+               std::shared_ptr<const Planner> fallback = nullptr)
+      : table_(std::move(table)), setup_(std::move(setup)), topology_(topology), fallback_(std::move(fallback)) {}
   absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers, int last_worker) const override;
   std::string name() const override { return "table"; }
+  // Whether the table has a curve for this setup with `chunks` chunks.
+  bool Covers(int chunks) const { return table_.Lookup(setup_, 1, chunks).ok(); }
+  const std::string& setup() const { return setup_; }
 
  private:
   SplitTable table_;
   std::string setup_;
   Topology topology_;
+  std::shared_ptr<const Planner> fallback_;
 };
 
 }  // namespace kvr

@@ -7,8 +7,8 @@
 #    fresh process (the case that hung). A watchdog exits 3 naming the case if a prefill hangs.
 # 2. cuda_tensor_parallel_test: Megatron TP against one GPU (logits, K/V heads, one decode step).
 # 3. kvr-bench: 1gpu, kvr-cost, tp and tsp, Llama-7B shape, 4k and 16k, on 1, 2 and N GPUs.
-# Binaries: $BIN (default .carry/tp: kvr-bench, cuda_nccl_chain_test, cuda_tensor_parallel_test,
-# with Abseil from .carry/bench/lib), else built here into $BUILD. Logs and JSON under $OUT.
+# Binaries: $BIN (default .carry/dev/bin, packed by tools/carry_for_device.sh, libraries in
+# .carry/dev/lib), else built here into $BUILD. Logs and JSON under $OUT.
 set -u
 OUT=${OUT:-$PWD/multi_gpu_out}; mkdir -p "$OUT"
 STEPS=${1:-tests,bench}
@@ -19,9 +19,9 @@ NGPU=$(nvidia-smi -L | wc -l)
 log "$NGPU GPUs: $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | tr -s ' ')"
 nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
 NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$PWD/.carry/bench/lib:$NCCL_DIR:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$PWD/.carry/dev/lib:$NCCL_DIR:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
 
-BIN=${BIN:-.carry/tp}
+BIN=${BIN:-.carry/dev/bin}
 if [ ! -x "$BIN/kvr-bench" ] || [ ! -x "$BIN/cuda_nccl_chain_test" ] || [ ! -x "$BIN/cuda_tensor_parallel_test" ]; then
   BUILD=${BUILD:-/tmp/kvr-build}
   log "no binaries in $BIN: building into $BUILD"

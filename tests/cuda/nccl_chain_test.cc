@@ -310,6 +310,48 @@ TEST(NcclChain, DeepLongPromptEveryTopology) {
   }
 }
 
+// The other families in miniature: Falcon (one K/V head, an odd number of query heads,
+// LayerNorm, GELU, parallel attention and MLP; the chain carries one head per token) and
+// Llama 3 (GQA 4:1, llama3 rope scaling), 1,021 tokens (prime: no split divides it), every
+// topology, last position on either end.
+TEST(NcclChain, FalconAndLlama3Families) {
+  ModelConfig falcon = Model(4);
+  falcon.arch = Architecture::kFalcon;
+  falcon.model_type = "falcon-test";
+  falcon.num_q_heads = 9;
+  falcon.num_kv_heads = 1;
+  falcon.head_dim = 64;
+  falcon.hidden_size = 576;
+  falcon.intermediate_size = 4 * 576;
+  falcon.norm = NormKind::kLayerNorm;
+  falcon.mlp = MlpKind::kGelu;
+  falcon.parallel_attn_mlp = true;
+  ModelConfig llama3 = Model(4);
+  llama3.num_q_heads = 8;
+  llama3.num_kv_heads = 2;
+  llama3.head_dim = 128;
+  llama3.hidden_size = 1024;
+  llama3.rope.theta = 500000;
+  llama3.rope.scaling = RopeConfig::Scaling::kLlama3;
+  llama3.rope.factor = 8;
+  llama3.rope.low_freq_factor = 1;
+  llama3.rope.high_freq_factor = 4;
+  llama3.rope.original_max_position = 8192;
+  const int C = 1021;
+  for (const ModelConfig& cfg : {falcon, llama3}) {
+    SCOPED_TRACE(cfg.model_type);
+    for (int p : GpuCounts()) {
+      std::vector<Case> cases;
+      const auto splits = Splits(C, p);
+      for (Topology t : {Topology::kAllGather, Topology::kChain, Topology::kFanOut}) {
+        cases.push_back({t, splits.front(), p - 1});
+        cases.push_back({t, splits.back(), 0});
+      }
+      RunCases(cfg, p, C, cases, {0, cfg.num_layers - 1}, 1);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvr::testing
 

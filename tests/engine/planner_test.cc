@@ -1,7 +1,13 @@
 // Planners and the cost model: plans are valid, even splits are even, the cost model prefers
-// larger early chunks for causal attention, and the search finds the brute-force optimum.
+// larger early chunks for causal attention, the search finds the brute-force optimum and
+// scales to 8 GPUs.
+#include <cstdlib>
+#include <functional>
+#include <memory>
+
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/planner.h"
+#include "engine/prefill/setup_key.h"
 #include "engine/prefill/split_table.h"
 #include "gtest/gtest.h"
 
@@ -98,6 +104,60 @@ TEST(SplitSearch, FindsTheBruteForceOptimumOfAConvexCost) {
   EXPECT_LT(evals, 200);  // far fewer than the 1711 brute-force evaluations
 }
 
+// Issue 10: the split search must scale to 8 GPUs. Exhaustive search is only possible on a
+// coarse grid, so both searches run on the same grid (the prompt in units of C/20 tokens for 8
+// GPUs: every split of 20 units into 8 chunks is 50,388 candidates; C/96 for 3 GPUs: 4,465) and the coarse-to-fine search must land
+// within 1% of the exhaustive optimum with a small fraction of its evaluations. The search at
+// full resolution (the planner's) must then do at least as well as the grid's optimum.
+TEST(SplitSearch, ScalesToEightGpusAndLandsNearTheExhaustiveOptimum) {
+  DeviceCosts costs;
+  costs.gemm_flops_per_s = 600e12;
+  costs.attn_flops_per_s = 330e12;
+  costs.layer_overhead_s = 40e-6;
+  costs.link_bytes_per_s = 350e9;
+  costs.link_latency_s = 25e-6;
+  const LayerShape shape = Llama7B();
+  for (int p : {3, 8}) {
+    const int C = 32768, units = p == 8 ? 20 : 96, unit = C / units;
+    auto tokens = [&](const std::vector<int>& u) {
+      std::vector<int> t(u.size());
+      for (size_t k = 0; k < u.size(); ++k) t[k] = u[k] * unit;
+      t.back() += C - units * unit;
+      return t;
+    };
+    auto cost_units = [&](const std::vector<int>& u) {
+      return SimulatePrefill(shape, costs, tokens(u), Topology::kChain);
+    };
+    // Exhaustive: every composition of `units` into p positive parts.
+    double best = 1e18;
+    long candidates = 0;
+    std::vector<int> u(p, 1);
+    std::function<void(int, int)> walk = [&](int k, int left) {
+      if (k == p - 1) {
+        u[k] = left;
+        ++candidates;
+        best = std::min(best, cost_units(u));
+        return;
+      }
+      for (int n = 1; n <= left - (p - 1 - k); ++n) {
+        u[k] = n;
+        walk(k + 1, left - n);
+      }
+    };
+    walk(0, units);
+    int evals = 0;
+    const std::vector<int> found = SearchSplit(units, p, cost_units, 1, {}, &evals);
+    const double got = cost_units(found);
+    EXPECT_LE(got, best * 1.01) << p << " GPUs: search " << got << " s vs exhaustive " << best << " s";
+    EXPECT_LT(evals * 20, candidates) << p << " GPUs: " << evals << " evaluations of " << candidates;
+    auto plan = CostModelPlanner(shape, costs).Plan(C, p, p - 1);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    std::vector<int> sizes;
+    for (int k = 0; k < p; ++k) sizes.push_back(plan->chunk_end(k) - plan->chunk_begin(k));
+    EXPECT_LE(SimulatePrefill(shape, costs, sizes, Topology::kChain), best * 1.0001) << plan->ToString();
+  }
+}
+
 }  // namespace
 }  // namespace kvr
 
@@ -129,6 +189,57 @@ TEST(SplitTable, RejectsSizesThatDoNotAddUp) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("bad.json"), std::string::npos);
   EXPECT_EQ(SplitTable::Parse("{", "x.json").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvr
+
+namespace kvr {
+namespace {
+
+TEST(SetupKey, NamesKnownShapesCardsAndLinks) {
+  ModelConfig c;
+  c.hidden_size = 4096; c.num_layers = 32; c.num_q_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
+  c.intermediate_size = 11008; c.vocab_size = 32000; c.model_type = "llama";
+  EXPECT_EQ(ShapeName(c), "llama-7b");
+  c.num_layers = 4;  // a different model: never filed under llama-7b
+  EXPECT_EQ(ShapeName(c), "llama-L4-C4096-H32x32-F11008");
+  EXPECT_EQ(CardName("cuda:1 (NVIDIA H200)"), "H200");
+  EXPECT_EQ(CardName("cuda:0 (NVIDIA H100 80GB HBM3)"), "H100");
+  EXPECT_EQ(CardName("cuda:0 (Some New Card)"), "SomeNewCard");
+  EXPECT_EQ(CardName("cpu:0"), "cpu");
+  EXPECT_EQ(SetupKey("llama-7b", 2, "H200", "nvlink"), "llama-7b/2xH200/nvlink");
+}
+
+// The table planner plans from the table where it has the setup, and from the fallback where not.
+TEST(SplitTable, FallsBackWhereTheTableHasNoCurve) {
+  auto table = SplitTable::Parse(R"({"entries": [{"setup": "s/2xH200/nvlink", "context": 1000, "sizes": [600, 400]}]})",
+                                 "t.json");
+  ASSERT_TRUE(table.ok());
+  auto even = std::make_shared<EvenPlanner>();
+  TablePlanner planner(*table, "s/2xH200/nvlink", Topology::kChain, even);
+  EXPECT_TRUE(planner.Covers(2));
+  EXPECT_FALSE(planner.Covers(3));
+  auto two = planner.Plan(2000, 2, 1);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->bounds, (std::vector<int>{0, 1200, 2000}));
+  auto three = planner.Plan(300, 3, 2);  // no 3-chunk curve: the even planner's plan
+  ASSERT_TRUE(three.ok());
+  EXPECT_EQ(three->bounds, (std::vector<int>{0, 100, 200, 300}));
+  EXPECT_EQ(TablePlanner(*table, "s/2xH200/nvlink").Plan(300, 3, 2).status().code(), absl::StatusCode::kNotFound);
+}
+
+// The table shipped in config/ parses, and every curve in it adds up.
+TEST(SplitTable, ShippedTablesParse) {
+  const char* src = std::getenv("KVR_SOURCE_DIR");
+  ASSERT_NE(src, nullptr) << "KVR_SOURCE_DIR is set by CTest";
+  auto table = SplitTable::Load(std::string(src) + "/config/splits/h200.json");
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_GE(table->entries().size(), 5u);
+  auto sizes = table->Lookup("llama-7b/2xH200/nvlink", 12000, 2);
+  ASSERT_TRUE(sizes.ok()) << sizes.status();
+  EXPECT_EQ((*sizes)[0] + (*sizes)[1], 12000);
+  EXPECT_GT((*sizes)[0], (*sizes)[1]);  // the first GPU takes more: its attention is cheaper
 }
 
 }  // namespace
