@@ -664,7 +664,7 @@ void CudnnAttention::ClearCache() {}
 cudaError_t PrefillAttentionWith(AttnImpl impl, CudnnAttention* cudnn, DType dt,
                                  const PrefillAttnParams& p, cudaStream_t stream, AttnImpl* used) {
   if (used != nullptr) *used = AttnImpl::kMma;
-  if (impl == AttnImpl::kMma) return PrefillAttention(dt, p, stream);
+  if (impl == AttnImpl::kMma || p.n <= 0) return PrefillAttention(dt, p, stream);
   CudnnAttnStatus st;
   if (cudnn == nullptr || !cudnn->initialized()) {
     st = Fail(CudnnAttnStatus::kUnsupported, "no initialized CudnnAttention");

@@ -9,13 +9,14 @@
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
 //            through the same cuBLASLt wrapper the runner uses;
 //   prefill  TTFT of one chunk of C tokens (host clock from an idle device to the logits on the
-//            host), with FLOPs and the fraction of the measured matmul rate;
+//            host), with FLOPs and the fraction of the measured matmul rate; once per
+//            --attn_impl (a fresh runner each), so TTFT compares them; first_ms is the first
+//            (cold) run, which includes cuDNN plan building;
 //   attn     the prefill attention kernel alone (causal, a chunk of C queries after a prefix of
 //            --attn_prefix keys, default 0), CUDA events, TFLOP/s, for each --attn_impl: mma (our
-//            kernel, variants 1-3) and cudnn (cuDNN fused attention; plan build ms of the shape,
-//            cold, reported apart from the timed runs);
-//   prefill  runs once per --attn_impl (a fresh runner each), so TTFT compares the two; first_ms
-//            is the first (cold) run, which includes cuDNN plan building;
+//            kernel, variants 1-3) and cudnn/auto (cuDNN fused attention; plan build ms of the
+//            shape, reported apart from the timed runs), then the cuDNN plan build time of chunk
+//            shapes as serving sees them (n = 2048 at successive offsets, each shape new);
 //   decode   inter-token latency at batch 1 with a cache of C tokens (host clock per Decode call,
 //            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth.
 #include <cuda_runtime.h>
@@ -292,6 +293,32 @@ int main(int argc, char** argv) {
                   n, impl.c_str(), t, fl / (t * 1e-3) / 1e12, attn_prefix, build_ms);
     }
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
+  }
+
+  // ---- cuDNN plan building as serving sees it: chunks of 2048 queries at successive offsets,
+  // each a new (n, N) shape (nothing runs; Prepare only builds the plan) ----
+  if (cudnn_attn.initialized()) {
+    alignas(16) static char dummy[64];
+    const std::vector<int> ctxs = Ints(attn_s);
+    const int longest = ctxs.empty() ? 16384 : *std::max_element(ctxs.begin(), ctxs.end());
+    std::vector<double> builds;
+    for (int s0 = 0; s0 + 2048 <= longest; s0 += 2048) {
+      K::PrefillAttnParams p;
+      p.q = p.k = p.v = dummy;
+      p.out = dummy;
+      p.n = 2048; p.s = s0 + 1;  // +1: shapes the attn section above did not build
+      p.Hq = cfg.num_q_heads; p.Hkv = cfg.num_kv_heads; p.D = cfg.head_dim;
+      p.scale = 1.f / std::sqrt(static_cast<float>(cfg.head_dim));
+      double ms = 0;
+      const K::CudnnAttnStatus st = cudnn_attn.Prepare(kdt, p, &ms);
+      builds.push_back(ms);
+      out["cudnn_plan_builds"].push_back({{"n", p.n}, {"s", p.s}, {"build_ms", ms}, {"ok", st.ok()}});
+      std::printf("cudnn plan build, chunk n=2048 at s=%6d: %8.1f ms%s%s\n", p.s, ms, st.ok() ? "" : "  FAILED: ",
+                  st.ok() ? "" : st.message.c_str());
+    }
+    if (!builds.empty())
+      std::printf("cudnn plan build over %zu new chunk shapes: median %.1f ms, max %.1f ms\n", builds.size(),
+                  Median(builds), *std::max_element(builds.begin(), builds.end()));
   }
 
   // ---- whole model: prefill once per --attn_impl (a fresh runner each), decode on the last ----
