@@ -264,11 +264,16 @@ struct CudnnAttention::Impl {
   std::shared_ptr<Plan> kcache_graph_;  // owns the operation graph kcache_ was built on
 
   ~Impl() {
+    int cur = -1;
+    cudaGetDevice(&cur);
+    if (device >= 0 && cur != device) cudaSetDevice(device);
+    if (handle != nullptr) cudaDeviceSynchronize();  // enqueued work may still use a plan
     plans.clear();
     kcache_ = Desc();
     kcache_graph_.reset();
     if (workspace != nullptr) cudaFree(workspace);
     if (handle != nullptr) cudnnDestroy(handle);
+    if (device >= 0 && cur >= 0 && cur != device) cudaSetDevice(cur);
   }
 
   // The operation graph for one exact shape; with_stats adds the (unused) log-sum-exp branch of
@@ -547,7 +552,11 @@ struct CudnnAttention::Impl {
       return st;
     }
     if (auto it = failed.find(key); it != failed.end()) return it->second;
-    if (plans.size() >= 512) plans.clear();  // bound the cache (each plan may hold compiled code)
+    if (plans.size() >= 512) {
+      // Bound the cache (each plan may hold compiled code); wait for work that may use a plan.
+      cudaDeviceSynchronize();
+      plans.clear();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     std::shared_ptr<Plan> built;
     st = Build(dt, key, &built);
@@ -630,6 +639,7 @@ CudnnAttnStatus CudnnAttention::Run(DType dt, const PrefillAttnParams& p, cudaSt
 const CudnnAttention::Stats& CudnnAttention::stats() const { return impl_->stats; }
 void CudnnAttention::set_verbose(bool on) { impl_->verbose = on; }
 void CudnnAttention::ClearCache() {
+  cudaDeviceSynchronize();  // enqueued work may still use a plan's kernels
   impl_->plans.clear();
   impl_->failed.clear();
 }
