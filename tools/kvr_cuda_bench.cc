@@ -3,13 +3,20 @@
 //   kvr_cuda_bench [--shape llama2-7b|llama3-8b|mistral-7b|falcon-7b] [--layers N]
 //                  [--prefill 4096,8192,16384,32768] [--attn 4096,...] [--decode 4096,32768]
 //                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
+//                  [--attn_impl mma,cudnn] [--attn_prefix S]
 //
 // Measures, each the median of --reps after warm-ups:
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
 //            through the same cuBLASLt wrapper the runner uses;
 //   prefill  TTFT of one chunk of C tokens (host clock from an idle device to the logits on the
-//            host), with FLOPs and the fraction of the measured matmul rate;
-//   attn     the prefill attention kernel alone (causal, s = 0), CUDA events, TFLOP/s;
+//            host), with FLOPs and the fraction of the measured matmul rate; once per
+//            --attn_impl (a fresh runner each), so TTFT compares them; first_ms is the first
+//            (cold) run, which includes cuDNN plan building;
+//   attn     the prefill attention kernel alone (causal, a chunk of C queries after a prefix of
+//            --attn_prefix keys, default 0), CUDA events, TFLOP/s, for each --attn_impl: mma (our
+//            kernel, variants 1-3) and cudnn/auto (cuDNN fused attention; plan build ms of the
+//            shape, reported apart from the timed runs), then the cuDNN plan build time of chunk
+//            shapes as serving sees them (n = 2048 at successive offsets, each shape new);
 //   decode   inter-token latency at batch 1 with a cache of C tokens (host clock per Decode call,
 //            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth.
 #include <cuda_runtime.h>
@@ -21,6 +28,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -28,6 +36,7 @@
 #include "engine/cuda/cuda_runner.h"
 #include "kernels/activation.cuh"
 #include "kernels/attention_prefill.cuh"
+#include "kernels/cudnn_attention.h"
 #include "kernels/gemm.h"
 #include "nlohmann/json.hpp"
 
@@ -119,7 +128,8 @@ double PrefillFlops(const kvr::ModelConfig& c, double n) {
 int main(int argc, char** argv) {
   std::string shape = "llama2-7b", out_path, dtype = "bf16";
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
-  int layers = 0, reps = 5, variant = 0;
+  std::string attn_impl_s = "mma";
+  int layers = 0, reps = 5, variant = 0, attn_prefix = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -132,7 +142,20 @@ int main(int argc, char** argv) {
     else if (a == "--dtype") dtype = next();
     else if (a == "--variant") variant = std::atoi(next().c_str());
     else if (a == "--out") out_path = next();
+    else if (a == "--attn_impl") attn_impl_s = next();
+    else if (a == "--attn_prefix") attn_prefix = std::atoi(next().c_str());
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
+  }
+  std::vector<std::string> attn_impls;
+  {
+    std::stringstream ss(attn_impl_s);
+    std::string x;
+    while (std::getline(ss, x, ',')) {
+      K::AttnImpl impl;
+      if (!K::ParseAttnImpl(x, &impl)) { std::fprintf(stderr, "--attn_impl: %s is not mma, cudnn or auto\n", x.c_str()); return 2; }
+      attn_impls.push_back(x);
+    }
+    if (attn_impls.empty()) attn_impls.push_back("mma");
   }
   if (kvr::CudaDeviceCount() == 0) { std::fprintf(stderr, "no CUDA device\n"); return 1; }
   kvr::ModelConfig cfg = Shape(shape);
@@ -145,6 +168,8 @@ int main(int argc, char** argv) {
   out["shape"] = shape;
   out["config"] = cfg.Summary();
   out["dtype"] = dtype;
+  out["cudnn_version"] = K::CudnnRuntimeVersion();
+  std::printf("cuDNN %zu (%s)\n", K::CudnnRuntimeVersion(), K::CudnnAvailable() ? "linked" : "not built in");
   cudaStream_t stream;
   Check(cudaStreamCreate(&stream), "stream");
   cudaEvent_t e0, e1;
@@ -208,9 +233,18 @@ int main(int argc, char** argv) {
   std::printf("floors: copy %.0f GB/s (read+write), bf16 matmul 8192^3 %.0f TFLOP/s\n", copy_gbs, gemm_tflops);
 
   // ---- attention kernel alone ----
+  K::CudnnAttention cudnn_attn;
+  for (const std::string& impl : attn_impls) {
+    if (impl == "mma") continue;
+    const K::CudnnAttnStatus st = cudnn_attn.Init();
+    if (!st.ok()) std::printf("cudnn attention: Init failed: %s\n", st.message.c_str());
+    cudnn_attn.set_verbose(true);
+    break;
+  }
   for (int n : Ints(attn_s)) {
+    const int N = attn_prefix + n;  // keys
     const size_t qn = static_cast<size_t>(n) * cfg.num_q_heads * cfg.head_dim;
-    const size_t kn = static_cast<size_t>(n) * cfg.num_kv_heads * cfg.head_dim;
+    const size_t kn = static_cast<size_t>(N) * cfg.num_kv_heads * cfg.head_dim;
     void *q, *k, *v, *o;
     Check(cudaMalloc(&q, qn * 2), "malloc");
     Check(cudaMalloc(&o, qn * 2), "malloc");
@@ -220,61 +254,131 @@ int main(int argc, char** argv) {
     K::FillUniform(kdt, k, kn, 1.f, 7, stream);
     K::FillUniform(kdt, v, kn, 1.f, 8, stream);
     K::PrefillAttnParams p;
-    p.q = q; p.k = k; p.v = v; p.out = o; p.n = n; p.s = 0;
+    p.q = q; p.k = k; p.v = v; p.out = o; p.n = n; p.s = attn_prefix;
     p.Hq = cfg.num_q_heads; p.Hkv = cfg.num_kv_heads; p.D = cfg.head_dim;
     p.scale = 1.f / std::sqrt(static_cast<float>(cfg.head_dim));
-    for (int v : {1, 2, 3}) {
-      p.variant = v;
-      const double t = event_ms([&] { Check(K::PrefillAttention(kdt, p, stream), "attn"); }, 2, reps);
-      const double fl = 4.0 * cfg.num_q_heads * cfg.head_dim * double(n) * (n + 1) / 2;
-      out["attn"].push_back({{"ctx", n}, {"variant", v}, {"ms", t}, {"TFLOPs", fl / (t * 1e-3) / 1e12}});
-      std::printf("attn  ctx %6d, variant %d: %8.3f ms  %6.1f TFLOP/s (causal, one layer, all heads)\n", n, v, t,
-                  fl / (t * 1e-3) / 1e12);
+    // Visible (query, key) pairs: query i sees s + i + 1 keys.
+    const double fl = 4.0 * cfg.num_q_heads * cfg.head_dim * (double(n) * attn_prefix + double(n) * (n + 1) / 2);
+    for (const std::string& impl : attn_impls) {
+      if (impl == "mma") {
+        for (int v : {1, 2, 3}) {
+          p.variant = v;
+          const double t = event_ms([&] { Check(K::PrefillAttention(kdt, p, stream), "attn"); }, 2, reps);
+          out["attn"].push_back({{"ctx", n}, {"prefix", attn_prefix}, {"impl", "mma"}, {"variant", v}, {"ms", t},
+                                 {"TFLOPs", fl / (t * 1e-3) / 1e12}});
+          std::printf("attn  ctx %6d, variant %d: %8.3f ms  %6.1f TFLOP/s (causal, one layer, all heads; mma, prefix %d)\n",
+                      n, v, t, fl / (t * 1e-3) / 1e12, attn_prefix);
+        }
+        continue;
+      }
+      // cudnn (and auto, which is cuDNN wherever a plan builds): plan build timed cold, apart.
+      double build_ms = 0;
+      const K::CudnnAttnStatus st = cudnn_attn.Prepare(kdt, p, &build_ms);
+      if (!st.ok()) {
+        out["attn"].push_back({{"ctx", n}, {"prefix", attn_prefix}, {"impl", impl}, {"plan_build_ms", build_ms},
+                               {"error", st.message}});
+        std::printf("attn  ctx %6d, %s: no cuDNN plan after %.1f ms: %s\n", n, impl.c_str(), build_ms,
+                    st.message.c_str());
+        continue;
+      }
+      const double t = event_ms([&] {
+        const K::CudnnAttnStatus r = cudnn_attn.Run(kdt, p, stream);
+        if (!r.ok()) { std::fprintf(stderr, "cudnn attn: %s\n", r.message.c_str()); std::exit(1); }
+      }, 2, reps);
+      Check(cudaGetLastError(), "cudnn attn");
+      out["attn"].push_back({{"ctx", n}, {"prefix", attn_prefix}, {"impl", impl}, {"variant", 0}, {"ms", t},
+                             {"TFLOPs", fl / (t * 1e-3) / 1e12}, {"plan_build_ms", build_ms},
+                             {"workspace_bytes", cudnn_attn.stats().workspace_bytes}});
+      std::printf("attn  ctx %6d, %-9s: %8.3f ms  %6.1f TFLOP/s (causal, one layer, all heads; prefix %d)  plan build %.1f ms\n",
+                  n, impl.c_str(), t, fl / (t * 1e-3) / 1e12, attn_prefix, build_ms);
     }
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
   }
 
-  // ---- whole model ----
-  kvr::CudaRunnerOptions opt;
-  opt.dtype = dtype == "fp16" ? kvr::DType::kF16 : kvr::DType::kBF16;
-  opt.attn_variant = variant;
-  out["attn_variant"] = variant;
-  auto runner_or = kvr::MakeRandomCudaRunner(cfg, 0, opt, 11);
-  Check(runner_or.status(), "runner");
-  kvr::ModelRunner& r = **runner_or;
-  const kvr::MemoryReport mem = r.memory();
-  out["weights_bytes"] = mem.weights_bytes;
-  std::printf("model %s: weights %.2f GiB\n", cfg.Summary().c_str(), mem.weights_bytes / 1073741824.0);
-  std::vector<float> logits;
-  for (int n : Ints(prefill_s)) {
-    auto cache = r.NewKvCache(n);
-    if (!cache.ok()) {
-      out["prefill"].push_back({{"ctx", n}, {"error", std::string(cache.status().message())}});
-      std::printf("prefill ctx %d: %s\n", n, std::string(cache.status().message()).c_str());
-      continue;
+  // ---- cuDNN plan building as serving sees it: chunks of 2048 queries at successive offsets,
+  // each a new (n, N) shape (nothing runs; Prepare only builds the plan) ----
+  if (cudnn_attn.initialized()) {
+    alignas(16) static char dummy[64];
+    const std::vector<int> ctxs = Ints(attn_s);
+    const int longest = ctxs.empty() ? 16384 : *std::max_element(ctxs.begin(), ctxs.end());
+    std::vector<double> builds;
+    for (int s0 = 0; s0 + 2048 <= longest; s0 += 2048) {
+      K::PrefillAttnParams p;
+      p.q = p.k = p.v = dummy;
+      p.out = dummy;
+      p.n = 2048; p.s = s0 + 1;  // +1: shapes the attn section above did not build
+      p.Hq = cfg.num_q_heads; p.Hkv = cfg.num_kv_heads; p.D = cfg.head_dim;
+      p.scale = 1.f / std::sqrt(static_cast<float>(cfg.head_dim));
+      double ms = 0;
+      const K::CudnnAttnStatus st = cudnn_attn.Prepare(kdt, p, &ms);
+      builds.push_back(ms);
+      out["cudnn_plan_builds"].push_back({{"n", p.n}, {"s", p.s}, {"build_ms", ms}, {"ok", st.ok()}});
+      std::printf("cudnn plan build, chunk n=2048 at s=%6d: %8.1f ms%s%s\n", p.s, ms, st.ok() ? "" : "  FAILED: ",
+                  st.ok() ? "" : st.message.c_str());
     }
-    std::vector<int32_t> toks(n);
-    for (int i = 0; i < n; ++i) toks[i] = (i * 7919 + 13) % cfg.vocab_size;
-    std::vector<double> t;
-    for (int rep = 0; rep < reps + 2; ++rep) {
-      Check(r.Synchronize(), "sync");
-      const auto t0 = Clock::now();
-      auto chunk = r.BeginChunk(toks, 0, **cache);
-      Check(chunk.status(), "begin");
-      for (int l = 0; l < cfg.num_layers; ++l) {
-        Check(r.LayerQkv(**chunk, l), "qkv");
-        Check(r.LayerAttnMlp(**chunk, l), "attnmlp");
-      }
-      Check(r.FinishChunk(**chunk, &logits), "finish");
-      if (rep >= 2) t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-    }
-    const double ms = Median(t), fl = PrefillFlops(cfg, n);
-    const double tf = fl / (ms * 1e-3) / 1e12;
-    out["prefill"].push_back({{"ctx", n}, {"ttft_ms", ms}, {"all_ms", t}, {"flop", fl}, {"TFLOPs", tf},
-                              {"frac_of_gemm_rate", tf / gemm_tflops}});
-    std::printf("prefill ctx %6d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate\n", n, ms,
-                fl, tf, tf / gemm_tflops);
+    if (!builds.empty())
+      std::printf("cudnn plan build over %zu new chunk shapes: median %.1f ms, max %.1f ms\n", builds.size(),
+                  Median(builds), *std::max_element(builds.begin(), builds.end()));
   }
+
+  if (Ints(prefill_s).empty() && Ints(decode_s).empty()) {  // kernels only: no model needed
+    if (!out_path.empty()) std::ofstream(out_path) << out.dump(1) << "\n";
+    return 0;
+  }
+
+  // ---- whole model: prefill once per --attn_impl (a fresh runner each), decode on the last ----
+  std::unique_ptr<kvr::ModelRunner> runner;
+  out["attn_variant"] = variant;
+  std::vector<float> logits;
+  for (const std::string& impl : attn_impls) {
+    runner.reset();
+    kvr::CudaRunnerOptions opt;
+    opt.dtype = dtype == "fp16" ? kvr::DType::kF16 : kvr::DType::kBF16;
+    opt.attn_variant = variant;
+    opt.attn_impl = impl;
+    auto runner_or = kvr::MakeRandomCudaRunner(cfg, 0, opt, 11);
+    Check(runner_or.status(), "runner");
+    runner = std::move(*runner_or);
+    kvr::ModelRunner& r = *runner;
+    const kvr::MemoryReport mem = r.memory();
+    out["weights_bytes"] = mem.weights_bytes;
+    std::printf("model %s: weights %.2f GiB, prefill attention %s\n", cfg.Summary().c_str(),
+                mem.weights_bytes / 1073741824.0, impl.c_str());
+    for (int n : Ints(prefill_s)) {
+      auto cache = r.NewKvCache(n);
+      if (!cache.ok()) {
+        out["prefill"].push_back({{"ctx", n}, {"attn_impl", impl}, {"error", std::string(cache.status().message())}});
+        std::printf("prefill ctx %d: %s\n", n, std::string(cache.status().message()).c_str());
+        continue;
+      }
+      std::vector<int32_t> toks(n);
+      for (int i = 0; i < n; ++i) toks[i] = (i * 7919 + 13) % cfg.vocab_size;
+      std::vector<double> t;
+      double first_ms = 0;
+      for (int rep = 0; rep < reps + 2; ++rep) {
+        Check(r.Synchronize(), "sync");
+        const auto t0 = Clock::now();
+        auto chunk = r.BeginChunk(toks, 0, **cache);
+        Check(chunk.status(), "begin");
+        for (int l = 0; l < cfg.num_layers; ++l) {
+          Check(r.LayerQkv(**chunk, l), "qkv");
+          Check(r.LayerAttnMlp(**chunk, l), "attnmlp");
+        }
+        Check(r.FinishChunk(**chunk, &logits), "finish");
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (rep == 0) first_ms = ms;
+        if (rep >= 2) t.push_back(ms);
+      }
+      const double ms = Median(t), fl = PrefillFlops(cfg, n);
+      const double tf = fl / (ms * 1e-3) / 1e12;
+      out["prefill"].push_back({{"ctx", n}, {"attn_impl", impl}, {"ttft_ms", ms}, {"all_ms", t}, {"first_ms", first_ms},
+                                {"flop", fl}, {"TFLOPs", tf}, {"frac_of_gemm_rate", tf / gemm_tflops}});
+      std::printf("prefill ctx %6d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate  (attn %s, first run %.2f ms)\n",
+                  n, ms, fl, tf, tf / gemm_tflops, impl.c_str(), first_ms);
+    }
+  }
+  kvr::ModelRunner& r = *runner;
+  const kvr::MemoryReport mem = r.memory();
   // Decode ITL at batch 1 with a cache of n tokens (random K/V), the step appending at n.
   for (int n : Ints(decode_s)) {
     auto cache = r.NewKvCache(n + 1);

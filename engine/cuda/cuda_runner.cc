@@ -24,6 +24,7 @@
 #include "kernels/activation.cuh"
 #include "kernels/attention_decode.cuh"
 #include "kernels/attention_prefill.cuh"
+#include "kernels/cudnn_attention.h"
 #include "kernels/embedding.cuh"
 #include "kernels/gemm.h"
 #include "kernels/norm.cuh"
@@ -164,6 +165,7 @@ class CudaRunner : public ModelRunner {
     if (inv_freq_) cudaFree(inv_freq_);
     if (arena_) cudaFree(arena_);
     gemm_.reset();
+    cudnn_attn_.reset();
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -201,6 +203,18 @@ class CudaRunner : public ModelRunner {
     pool_ = pool;
     gemm_ = std::make_unique<K::Gemm>();
     KVR_BLAS(gemm_->Init(opt_.gemm_workspace_bytes));
+    if (!K::ParseAttnImpl(opt_.attn_impl, &attn_impl_))
+      return absl::InvalidArgumentError(
+          absl::StrCat("attn_impl \"", opt_.attn_impl, "\": expected mma, cudnn or auto"));
+    if (attn_impl_ != K::AttnImpl::kMma) {
+      cudnn_attn_ = std::make_unique<K::CudnnAttention>();
+      const K::CudnnAttnStatus st = cudnn_attn_->Init();
+      if (!st.ok()) {
+        KVR_LOG(WARNING) << name_ << ": cuDNN attention unavailable (" << st.message
+                         << "); prefill attention runs the mma kernel";
+        cudnn_attn_.reset();
+      }
+    }
     const std::vector<float> inv = RopeInverseFrequencies(cfg_.rope, cfg_.head_dim);
     KVR_CU(cudaMalloc(&inv_freq_, inv.size() * sizeof(float)));
     KVR_CU(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -460,7 +474,7 @@ class CudaRunner : public ModelRunner {
     ap.window = cfg_.sliding_window;
     ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
     ap.variant = opt_.attn_variant;
-    KVR_CU(K::PrefillAttention(dt_, ap, stream_));
+    KVR_CU(K::PrefillAttentionWith(attn_impl_, cudnn_attn_.get(), dt_, ap, stream_));
     return OutMlpBlock(layers_[l], ch.n, ch.b.x, ch.b.h, ch.b.attn, ch.b.up, ch.b.act, ch.b.part);
   }
 
@@ -836,6 +850,8 @@ class CudaRunner : public ModelRunner {
   cudaStream_t stream_ = nullptr;
   void* pool_ = nullptr;
   std::unique_ptr<K::Gemm> gemm_;
+  K::AttnImpl attn_impl_ = K::AttnImpl::kMma;
+  std::unique_ptr<K::CudnnAttention> cudnn_attn_;  // null unless attn_impl is cudnn or auto
   float* inv_freq_ = nullptr;
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;

@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/model/dtype.h"
@@ -42,6 +43,11 @@ struct CudaRunnerOptions {
   bool decode_graphs = true;                // capture decode steps in CUDA graphs
   size_t reserve_bytes = 1ull << 30;        // kept free on the device (driver, cuBLAS, fragmentation)
   int attn_variant = 0;                     // prefill attention kernel variant (0 = default)
+  // Prefill attention implementation: "mma" (our flash kernel), "cudnn" (cuDNN fused attention,
+  // kernels/cudnn_attention.h; shapes it cannot run, e.g. sliding windows, fall back to ours with
+  // a warning) or "auto" (cuDNN where it builds a plan, ours elsewhere, silently). Ours until
+  // measured.
+  std::string attn_impl = "mma";
   // Tensor parallelism (see above): rank tp_rank of tp_size, summing over `tp_comm`, an
   // ncclComm_t of tp_size ranks whose rank tp_rank is on this runner's device (opaque here so
   // that this header stays free of nccl.h). The communicator must outlive the runner.

@@ -4,12 +4,14 @@
 // Legend: n rows (tokens), C hidden, F intermediate, Hq / Hkv heads, D head size, s prefix.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <vector>
 
 #include "kernels/activation.cuh"
 #include "kernels/attention_decode.cuh"
 #include "kernels/attention_prefill.cuh"
+#include "kernels/cudnn_attention.h"
 #include "kernels/embedding.cuh"
 #include "kernels/gemm.h"
 #include "kernels/norm.cuh"
@@ -312,6 +314,175 @@ TEST(Kernels, PrefillAttention) {
             << " Hkv=" << c.Hkv << " D=" << c.D << " W=" << c.window << " variant=" << variant;
       }
     }
+  }
+}
+
+// cuDNN fused attention (cudnn_attention.h) against the same CPU reference, and the selector's
+// fallback. A shape cuDNN reports unsupported is printed ("[cuDNN UNSUPPORTED]") and must then
+// run, correctly, on our kernel through PrefillAttentionWith(kCudnn); the realistic GQA case must
+// run on cuDNN.
+struct CudnnAttnCase { int n, s, Hq, Hkv, D, window; const char* what; };
+
+TEST(Kernels, CudnnPrefillAttention) {
+  std::printf("cuDNN runtime version %zu, %s\n", CudnnRuntimeVersion(), CudnnAvailable() ? "linked" : "NOT built in");
+  CudnnAttention cudnn;
+  const CudnnAttnStatus init = cudnn.Init();
+  ASSERT_TRUE(init.ok()) << "CudnnAttention::Init: " << init.message;
+  cudnn.set_verbose(true);
+  std::mt19937 rng(16);
+  const CudnnAttnCase cases[] = {
+      {1, 0, 4, 4, 128, 0, "one token, no prefix"},
+      {1, 777, 8, 2, 128, 0, "one-token chunk at an offset, GQA"},
+      {37, 0, 4, 1, 64, 0, "odd length, MQA, D=64"},
+      {200, 333, 8, 2, 128, 0, "GQA, prefix not a tile multiple"},
+      {129, 1000, 4, 4, 128, 0, "one past a 128 tile, long prefix"},
+      {97, 211, 32, 8, 128, 0, "GQA 32/8, odd n and s"},
+      {70, 50, 71, 1, 64, 0, "MQA 71/1 (Falcon), D=64"},
+      {1, 64, 71, 1, 64, 0, "MQA 71/1 one-token chunk"},
+      {300, 100, 4, 2, 64, 0, "D=64 several tiles"},
+      {150, 200, 4, 2, 128, 97, "sliding window: must fall back"},
+  };
+  int on_cudnn = 0, unsupported = 0;
+  for (DType dt : kTypes) {
+    const char* tn = dt == DType::kBF16 ? "bf16" : "fp16";
+    for (const CudnnAttnCase& c : cases) {
+      const int N = c.s + c.n, cap = N + 13;
+      auto q = RandomHalf(dt, static_cast<size_t>(c.n) * c.Hq * c.D, 1.f, rng);
+      auto k = RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng);
+      auto v = RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng);
+      // Rows past the visible keys are NaN: an implementation that reads them fails.
+      for (size_t i = static_cast<size_t>(N) * c.Hkv * c.D; i < k.h.size(); ++i) k.h[i] = v.h[i] = 0xffff;
+      DeviceBuffer<uint16_t> dq(q.h.size()), dk(k.h.size()), dv(v.h.size()), dout(q.h.size());
+      CUDA_OK(dq.Upload(q.h));
+      CUDA_OK(dk.Upload(k.h));
+      CUDA_OK(dv.Upload(v.h));
+      PrefillAttnParams p;
+      p.q = dq.get(); p.k = dk.get(); p.v = dv.get(); p.out = dout.get();
+      p.n = c.n; p.s = c.s; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.window = c.window;
+      p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+      auto ref = RefAttention(q.f, k.f, v.f, c.n, c.s, c.Hq, c.Hkv, c.D, c.window);
+      const std::string label = std::string(tn) + " n=" + std::to_string(c.n) + " s=" + std::to_string(c.s) +
+                                " Hq=" + std::to_string(c.Hq) + " Hkv=" + std::to_string(c.Hkv) +
+                                " D=" + std::to_string(c.D) + " W=" + std::to_string(c.window) + " (" + c.what + ")";
+      // Direct call.
+      CUDA_OK(dout.Poison());
+      double build_ms = 0;
+      CudnnAttnStatus st = cudnn.Prepare(dt, p, &build_ms);
+      if (st.ok()) st = cudnn.Run(dt, p, nullptr);
+      if (st.ok()) {
+        CUDA_OK(cudaDeviceSynchronize());
+        const double err = RelErr(ToFloat(dt, dout.Download()), ref);
+        std::printf("[cuDNN ran] %s: rel err %.2e, plan build %.1f ms\n", label.c_str(), err, build_ms);
+        EXPECT_LT(err, 2 * Tol(dt)) << "cuDNN " << label;
+        EXPECT_EQ(c.window, 0) << "cuDNN accepted a sliding window it does not express: " << label;
+        ++on_cudnn;
+      } else if (st.code == CudnnAttnStatus::kUnsupported) {
+        std::printf("[cuDNN UNSUPPORTED] %s: %s\n", label.c_str(), st.message.c_str());
+        if (c.window == 0) ++unsupported;
+      } else {
+        ADD_FAILURE() << "cuDNN error (not 'unsupported') for " << label << ": " << st.message;
+        continue;
+      }
+      // Through the selector: cuDNN when it ran above, our kernel otherwise; correct either way.
+      CUDA_OK(dout.Poison());
+      AttnImpl used = AttnImpl::kAuto;
+      CUDA_OK(PrefillAttentionWith(AttnImpl::kCudnn, &cudnn, dt, p, nullptr, &used));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(used, st.ok() ? AttnImpl::kCudnn : AttnImpl::kMma) << "selector for " << label;
+      EXPECT_LT(RelErr(ToFloat(dt, dout.Download()), ref), 2 * Tol(dt)) << "selector (" << AttnImplName(used)
+                                                                         << ") " << label;
+      // kMma always runs ours.
+      CUDA_OK(dout.Poison());
+      CUDA_OK(PrefillAttentionWith(AttnImpl::kMma, &cudnn, dt, p, nullptr, &used));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(used, AttnImpl::kMma);
+      EXPECT_LT(RelErr(ToFloat(dt, dout.Download()), ref), 2 * Tol(dt)) << "mma via selector " << label;
+    }
+  }
+  // Without a CudnnAttention the selector must fall back too.
+  {
+    const int n = 5, Hq = 2, D = 64;
+    auto q = RandomHalf(DType::kBF16, static_cast<size_t>(n) * Hq * D, 1.f, rng);
+    auto k = RandomHalf(DType::kBF16, static_cast<size_t>(n) * Hq * D, 1.f, rng);
+    auto v = RandomHalf(DType::kBF16, static_cast<size_t>(n) * Hq * D, 1.f, rng);
+    DeviceBuffer<uint16_t> dq(q.h.size()), dk(k.h.size()), dv(v.h.size()), dout(q.h.size());
+    CUDA_OK(dq.Upload(q.h));
+    CUDA_OK(dk.Upload(k.h));
+    CUDA_OK(dv.Upload(v.h));
+    CUDA_OK(dout.Poison());
+    PrefillAttnParams p;
+    p.q = dq.get(); p.k = dk.get(); p.v = dv.get(); p.out = dout.get();
+    p.n = n; p.Hq = Hq; p.Hkv = Hq; p.D = D; p.scale = 0.125f;
+    AttnImpl used = AttnImpl::kCudnn;
+    CUDA_OK(PrefillAttentionWith(AttnImpl::kAuto, nullptr, DType::kBF16, p, nullptr, &used));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(used, AttnImpl::kMma);
+    EXPECT_LT(RelErr(ToFloat(DType::kBF16, dout.Download()), RefAttention(q.f, k.f, v.f, n, 0, Hq, Hq, D, 0)),
+              2 * Tol(DType::kBF16));
+  }
+  const auto& stt = cudnn.stats();
+  std::printf("cuDNN summary: %d cases ran on cuDNN, %d unsupported (no window), %d plans built, %d shapes "
+              "failed, plan build total %.1f ms, workspace %zu bytes\n",
+              on_cudnn, unsupported, stt.plans_built, stt.shapes_failed, stt.build_ms_total, stt.workspace_bytes);
+  EXPECT_GT(on_cudnn, 0) << "cuDNN ran no case at all: the graph is likely wrong (see the messages above)";
+}
+
+// cuDNN against our kernel at a realistic chunk (n = 2048 after s = 1024, GQA 32/8, D = 128),
+// and both against the CPU reference on a sample of query rows.
+TEST(Kernels, CudnnVsMmaPrefillAttention) {
+  CudnnAttention cudnn;
+  const CudnnAttnStatus init = cudnn.Init();
+  ASSERT_TRUE(init.ok()) << "CudnnAttention::Init: " << init.message;
+  cudnn.set_verbose(true);
+  std::mt19937 rng(17);
+  const int n = 2048, s = 1024, Hq = 32, Hkv = 8, D = 128, N = s + n, cap = N + 64;
+  for (DType dt : kTypes) {
+    const char* tn = dt == DType::kBF16 ? "bf16" : "fp16";
+    auto q = RandomHalf(dt, static_cast<size_t>(n) * Hq * D, 1.f, rng);
+    auto k = RandomHalf(dt, static_cast<size_t>(cap) * Hkv * D, 1.f, rng);
+    auto v = RandomHalf(dt, static_cast<size_t>(cap) * Hkv * D, 1.f, rng);
+    for (size_t i = static_cast<size_t>(N) * Hkv * D; i < k.h.size(); ++i) k.h[i] = v.h[i] = 0xffff;
+    DeviceBuffer<uint16_t> dq(q.h.size()), dk(k.h.size()), dv(v.h.size()), d_mma(q.h.size()), d_cudnn(q.h.size());
+    CUDA_OK(dq.Upload(q.h));
+    CUDA_OK(dk.Upload(k.h));
+    CUDA_OK(dv.Upload(v.h));
+    CUDA_OK(d_mma.Poison());
+    CUDA_OK(d_cudnn.Poison());
+    PrefillAttnParams p;
+    p.q = dq.get(); p.k = dk.get(); p.v = dv.get();
+    p.n = n; p.s = s; p.Hq = Hq; p.Hkv = Hkv; p.D = D;
+    p.scale = 1.f / std::sqrt(static_cast<float>(D));
+    p.out = d_mma.get();
+    CUDA_OK(PrefillAttention(dt, p, nullptr));
+    p.out = d_cudnn.get();
+    double build_ms = 0;
+    CudnnAttnStatus st = cudnn.Prepare(dt, p, &build_ms);
+    if (st.ok()) st = cudnn.Run(dt, p, nullptr);
+    ASSERT_TRUE(st.ok()) << tn << " n=2048 s=1024 GQA 32/8 D=128: cuDNN must run this shape; "
+                         << (st.code == CudnnAttnStatus::kUnsupported ? "UNSUPPORTED: " : "ERROR: ") << st.message;
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto mma = ToFloat(dt, d_mma.Download()), cud = ToFloat(dt, d_cudnn.Download());
+    const double cross = RelErr(cud, std::vector<double>(mma.begin(), mma.end()));
+    // The CPU reference on sampled rows (first, second, across the prefix boundary, last).
+    const int rows[] = {0, 1, 127, 128, 1023, 1024, 2047};
+    std::vector<float> qs;
+    std::vector<int> pos;
+    std::vector<float> mma_s, cud_s;
+    for (int r : rows) {
+      const size_t off = static_cast<size_t>(r) * Hq * D;
+      qs.insert(qs.end(), q.f.begin() + off, q.f.begin() + off + Hq * D);
+      mma_s.insert(mma_s.end(), mma.begin() + off, mma.begin() + off + Hq * D);
+      cud_s.insert(cud_s.end(), cud.begin() + off, cud.begin() + off + Hq * D);
+      pos.push_back(s + r);
+    }
+    const int nr = static_cast<int>(pos.size());
+    const auto ref = RefAttention(qs, k.f, v.f, nr, s, Hq, Hkv, D, 0, &pos);
+    const double e_cud = RelErr(cud_s, ref), e_mma = RelErr(mma_s, ref);
+    std::printf("%s n=%d s=%d Hq=%d Hkv=%d D=%d: cuDNN vs mma rel %.2e; sampled rows vs CPU: cuDNN %.2e, mma %.2e; "
+                "plan build %.1f ms\n", tn, n, s, Hq, Hkv, D, cross, e_cud, e_mma, build_ms);
+    EXPECT_LT(cross, 2 * Tol(dt)) << tn << " cuDNN vs mma";
+    EXPECT_LT(e_cud, 2 * Tol(dt)) << tn << " cuDNN vs CPU (sampled rows)";
+    EXPECT_LT(e_mma, 2 * Tol(dt)) << tn << " mma vs CPU (sampled rows)";
   }
 }
 

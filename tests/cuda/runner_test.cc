@@ -154,6 +154,35 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
   }
 }
 
+// attn_impl = cudnn (cuDNN fused attention, our kernel where cuDNN cannot run, e.g. the window)
+// gives the logits of the default mma runner, in one chunk and in three (a 1-token last chunk).
+TEST(CudaRunner, CudnnAttentionMatchesMma) {
+  for (const Variant& v : Variants()) {
+    SCOPED_TRACE(v.name);
+    CudaRunnerOptions opt;
+    opt.dtype = v.dt;
+    auto rm = MakeRandomCudaRunner(v.cfg, 0, opt, 7);
+    ASSERT_TRUE(rm.ok()) << rm.status();
+    opt.attn_impl = "cudnn";
+    auto rc = MakeRandomCudaRunner(v.cfg, 0, opt, 7);
+    ASSERT_TRUE(rc.ok()) << rc.status();
+    const int N = 333;
+    auto prompt = Tokens(N, v.cfg.vocab_size, 5);
+    auto cm = (*rm)->NewKvCache(N + 8);
+    auto c1 = (*rc)->NewKvCache(N + 8);
+    auto c3 = (*rc)->NewKvCache(N + 8);
+    ASSERT_TRUE(cm.ok() && c1.ok() && c3.ok());
+    auto ref = Prefill(**rm, **cm, prompt, {});
+    auto one = Prefill(**rc, **c1, prompt, {});
+    auto three = Prefill(**rc, **c3, prompt, {200, 332});
+    EXPECT_LT(Rel(one, ref), 2e-2);
+    EXPECT_LT(Rel(three, ref), 2e-2);
+  }
+  CudaRunnerOptions bad;
+  bad.attn_impl = "flash9";
+  EXPECT_FALSE(MakeRandomCudaRunner(Llama(64), 0, bad, 7).ok());
+}
+
 TEST(CudaRunner, RefusesContextThatDoesNotFit) {
   ModelConfig cfg = Llama(128);
   auto r = MakeRandomCudaRunner(cfg, 0, {}, 1);
