@@ -65,6 +65,7 @@ ABSL_FLAG(std::string, link, "nvlink", "label of the GPU link for the split tabl
 ABSL_FLAG(std::string, table, "", "split table to add the kvr-s results to (JSON, see split_table.h)");
 ABSL_FLAG(int, timeline, 0, "context length whose kvr-s per-GPU timeline is recorded");
 ABSL_FLAG(std::string, out, "", "write all results as JSON here");
+ABSL_FLAG(std::string, attn_impl, "mma", "prefill attention kernel: mma (ours), cudnn or auto (engine/cuda/cuda_runner.h)");
 
 namespace kvr {
 namespace {
@@ -318,6 +319,12 @@ double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
   return diff / std::max(scale, 1e-30);
 }
 
+CudaRunnerOptions RunnerOptions() {
+  CudaRunnerOptions o;
+  o.attn_impl = absl::GetFlag(FLAGS_attn_impl);
+  return o;
+}
+
 std::string Gpu0Card() {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
@@ -344,7 +351,7 @@ absl::Status Run() {
   std::vector<std::unique_ptr<ModelRunner>> runners;
   for (int d = 0; d < max_gpus; ++d) {
     KVR_LOG(INFO) << "creating random " << config.model_type << " weights on GPU " << d;
-    KVR_ASSIGN_OR_RETURN(auto r, MakeRandomCudaRunner(config, d, CudaRunnerOptions{}, 1));
+    KVR_ASSIGN_OR_RETURN(auto r, MakeRandomCudaRunner(config, d, RunnerOptions(), 1));
     runners.push_back(std::move(r));
   }
   const LayerShape shape = LayerShape::Of(config, 2);
@@ -357,6 +364,7 @@ absl::Status Run() {
   out["shape"] = config.model_type;
   out["layers"] = config.num_layers;
   out["card"] = card;
+  out["attn_impl"] = absl::GetFlag(FLAGS_attn_impl);
   out["link"] = absl::GetFlag(FLAGS_link);
   out["calibration"] = {{"gemm_tflops", costs.gemm_flops_per_s / 1e12}, {"attn_tflops", costs.attn_flops_per_s / 1e12},
                         {"layer_overhead_us", costs.layer_overhead_s * 1e6}, {"link_gbps", costs.link_bytes_per_s / 1e9},
@@ -387,7 +395,7 @@ absl::Status Run() {
     std::string tp_refused;
     if (p > 1 && has("tp")) {
       KVR_LOG(INFO) << "creating tensor-parallel " << config.model_type << " over " << p << " GPUs";
-      auto made = MakeRandomTensorParallelCudaRunners(config, p, CudaRunnerOptions{}, 1);
+      auto made = MakeRandomTensorParallelCudaRunners(config, p, RunnerOptions(), 1);
       if (made.ok()) {
         tp = std::move(*made);
       } else {

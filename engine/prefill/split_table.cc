@@ -65,7 +65,18 @@ void SplitTable::Add(SplitEntry e) {
   });
 }
 
+bool SplitTable::HasCurve(const std::string& setup, int chunks) const {
+  for (const SplitEntry& e : entries_) {
+    if (e.setup == setup && static_cast<int>(e.sizes.size()) == chunks) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<std::vector<int>> SplitTable::Lookup(const std::string& setup, int context, int chunks) const {
+  if (chunks < 1 || context < chunks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot split ", context, " tokens into ", chunks, " chunks of at least one token"));
+  }
   std::vector<const SplitEntry*> curve;
   for (const SplitEntry& e : entries_) {
     if (e.setup == setup && static_cast<int>(e.sizes.size()) == chunks) curve.push_back(&e);

@@ -32,8 +32,10 @@ class SplitTable {
 
   void Add(SplitEntry e);
   const std::vector<SplitEntry>& entries() const { return entries_; }
+  // Whether `setup` has entries with `chunks` chunks.
+  bool HasCurve(const std::string& setup, int chunks) const;
   // Interpolated sizes for `context` over `chunks` chunks; NotFound if the setup has no entry
-  // with that many chunks.
+  // with that many chunks; InvalidArgument if context < chunks (every chunk needs a token).
   absl::StatusOr<std::vector<int>> Lookup(const std::string& setup, int context, int chunks) const;
 
  private:
@@ -51,7 +53,7 @@ class TablePlanner : public Planner {
   absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers, int last_worker) const override;
   std::string name() const override { return "table"; }
   // Whether the table has a curve for this setup with `chunks` chunks.
-  bool Covers(int chunks) const { return table_.Lookup(setup_, 1, chunks).ok(); }
+  bool Covers(int chunks) const { return table_.HasCurve(setup_, chunks); }
   const std::string& setup() const { return setup_; }
 
  private:

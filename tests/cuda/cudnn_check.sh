@@ -1,6 +1,7 @@
 #!/bin/bash
 # cuDNN prefill attention (kernels/cudnn_attention.h) on the GPU machine, from the repository
-# root, after a build (e.g. `bash tests/cuda/device_check.sh env,build`, same $BUILD):
+# root, after a build (e.g. `bash tests/cuda/device_check.sh env,build`, same $BUILD), or with
+# binaries carried from the dev machine (tools/carry_for_device.sh; BIN=.carry/dev/bin):
 #   bash tests/cuda/cudnn_check.sh
 # Runs the cuDNN kernel tests (dynamic-shape plans, then KVR_CUDNN_STATIC=1), the runner test and
 # the attention/prefill benchmark for mma and cudnn; logs under $OUT (or ./device_out), the
@@ -12,9 +13,18 @@ mkdir -p "$OUT"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 pick='cuDNN|cudnn|\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure|rel err|Expected|Which is|attn |prefill ctx|model '
 
-log "cudnn: build"
-if ! ninja -C "$BUILD" cuda_kernels_test cuda_runner_test kvr_cuda_bench > "$OUT/cudnn_build.log" 2>&1; then
-  tail -40 "$OUT/cudnn_build.log"; exit 1
+if [ -n "${BIN:-}" ]; then
+  mkdir -p /tmp/kvr-bin-tree/tests/cuda /tmp/kvr-bin-tree/tools
+  for t in cuda_kernels_test cuda_runner_test; do ln -sf "$PWD/$BIN/$t" /tmp/kvr-bin-tree/tests/cuda/$t; done
+  ln -sf "$PWD/$BIN/kvr_cuda_bench" /tmp/kvr-bin-tree/tools/kvr_cuda_bench
+  BUILD=/tmp/kvr-bin-tree
+  NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
+  export LD_LIBRARY_PATH="$PWD/$BIN/../lib:$NCCL_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+else
+  log "cudnn: build"
+  if ! ninja -C "$BUILD" cuda_kernels_test cuda_runner_test kvr_cuda_bench > "$OUT/cudnn_build.log" 2>&1; then
+    tail -40 "$OUT/cudnn_build.log"; exit 1
+  fi
 fi
 log "cudnn: kernel tests (dynamic-shape plans + kernel cache)"
 "$BUILD/tests/cuda/cuda_kernels_test" --gtest_filter='Kernels.Cudnn*:Kernels.PrefillAttention' \

@@ -227,6 +227,7 @@ TEST(SplitTable, FallsBackWhereTheTableHasNoCurve) {
   ASSERT_TRUE(three.ok());
   EXPECT_EQ(three->bounds, (std::vector<int>{0, 100, 200, 300}));
   EXPECT_EQ(TablePlanner(*table, "s/2xH200/nvlink").Plan(300, 3, 2).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(table->Lookup("s/2xH200/nvlink", 1, 2).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // The table shipped in config/ parses, and every curve in it adds up.
