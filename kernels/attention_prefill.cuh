@@ -29,6 +29,13 @@ struct PrefillAttnParams {
   // Kernel variant: 1 = 8 warps x 16 query rows, 2 = 4 warps x 16 rows, 3 = 4 warps x 32 rows;
   // 0 = the default for n (see attention_prefill.cu).
   int variant = 0;
+  // Extents of the caller's buffers, read only by cuDNN's bucketed plans (cudnn_attention.h); the
+  // mma kernel ignores them. 0 / false: exactly what the shape needs (no bucketing).
+  int q_rows = 0;               // rows of q and out the caller owns (>= n); rows [n, q_rows) may
+                                // be read (q) and overwritten (out) by a bucketed plan
+  int kv_rows = 0;              // rows of k and v (the cache capacity)
+  bool kv_tail_finite = false;  // rows [s + n, kv_rows) of k and v hold finite values (e.g. the
+                                // cache was zeroed at allocation)
 };
 
 // Supported: D in {64, 128}; Hq % Hkv == 0. Returns cudaErrorInvalidValue otherwise.

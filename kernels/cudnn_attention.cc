@@ -48,7 +48,7 @@ CudnnAttnStatus Fail(CudnnAttnStatus::Code code, std::string msg) {
 }
 
 // Shape-level checks that need no cuDNN: what the graph below expresses.
-CudnnAttnStatus CheckShape(DType dt, const PrefillAttnParams& p) {
+[[maybe_unused]] CudnnAttnStatus CheckShape(DType dt, const PrefillAttnParams& p) {
   using C = CudnnAttnStatus;
   if (dt != DType::kBF16 && dt != DType::kF16) return Fail(C::kUnsupported, "dtype not bf16/fp16");
   if (p.window > 0) return Fail(C::kUnsupported, "sliding window (window > 0) not expressed in the cuDNN graph");
@@ -61,7 +61,43 @@ CudnnAttnStatus CheckShape(DType dt, const PrefillAttnParams& p) {
   return CudnnAttnStatus::Ok();
 }
 
+// x rounded up to a multiple of max(min_step, floorpow2(x) / 8).
+int BucketUp(int x, int min_step) {
+  if (x <= 0) return x;
+  int pow2 = 1;
+  while (pow2 <= x / 2) pow2 *= 2;  // floorpow2(x)
+  const int64_t step = std::max(min_step, pow2 / 8);
+  const int64_t up = (static_cast<int64_t>(x) + step - 1) / step * step;
+  return up > std::numeric_limits<int>::max() ? x : static_cast<int>(up);
+}
+
+[[maybe_unused]] bool EnvIsOne(const char* name) {
+  const char* e = std::getenv(name);
+  return e != nullptr && e[0] == '1';
+}
+
 }  // namespace
+
+int CudnnAttention::BucketQueries(int n) { return BucketUp(n, 64); }
+int CudnnAttention::BucketKeys(int N) { return BucketUp(N, 128); }
+
+std::vector<std::pair<int, int>> CudnnAttention::BucketGrid(int min_n, int max_n, int max_N) {
+  std::vector<std::pair<int, int>> grid;
+  max_n = std::min(max_n, max_N);
+  if (min_n <= 0 || max_n <= 0 || max_N <= 0 || min_n > max_n) return grid;
+  const int top_N = BucketKeys(max_N), top_n = BucketQueries(max_n);
+  // Query buckets: n_b for the first n it serves (lo); its chunks have N >= lo keys.
+  for (int lo = min_n; lo <= max_n;) {
+    const int nb = BucketQueries(lo);
+    for (int x = BucketKeys(lo); x <= top_N; x = BucketKeys(x + 1)) {
+      grid.emplace_back(nb, x);
+      if (x == std::numeric_limits<int>::max()) break;
+    }
+    if (nb >= top_n) break;
+    lo = nb + 1;
+  }
+  return grid;
+}
 
 #if KVR_HAVE_CUDNN
 
@@ -255,6 +291,7 @@ struct CudnnAttention::Impl {
   size_t max_workspace = 0;
   void* workspace = nullptr;
   bool verbose = false;
+  bool bucketing = !EnvIsOne("KVR_CUDNN_EXACT");
   Stats stats;
   std::map<Key, std::shared_ptr<Plan>> plans;
   std::map<Key, CudnnAttnStatus> failed;
@@ -541,18 +578,45 @@ struct CudnnAttention::Impl {
     return last;
   }
 
+  std::pair<int, int> PlanDims(const PrefillAttnParams& p) const {
+    const int N = p.s + p.n;
+    int n_p = p.n, N_p = N;
+    if (bucketing && p.n > 0) {
+      const int nb = CudnnAttention::BucketQueries(p.n);
+      if (p.q_rows >= nb) n_p = nb;
+      const int Nb = CudnnAttention::BucketKeys(N);
+      if (p.kv_tail_finite && p.kv_rows >= Nb) N_p = Nb;
+    }
+    return {n_p, N_p};
+  }
+
+  Key KeyOf(DType dt, const PrefillAttnParams& p) const {
+    const auto [n_p, N_p] = PlanDims(p);
+    return Key{static_cast<int>(dt), p.Hq, p.Hkv, p.D, n_p, N_p};
+  }
+
   CudnnAttnStatus Get(DType dt, const PrefillAttnParams& p, Plan** plan, double* build_ms) {
-    if (build_ms != nullptr) *build_ms = 0;
     if (handle == nullptr) return Fail(CudnnAttnStatus::kError, "CudnnAttention not initialized");
     CudnnAttnStatus st = CheckShape(dt, p);
-    if (!st.ok()) return st;
-    const Key key{static_cast<int>(dt), p.Hq, p.Hkv, p.D, p.n, p.s + p.n};
+    if (!st.ok()) {
+      if (build_ms != nullptr) *build_ms = 0;
+      return st;
+    }
+    return GetKey(dt, KeyOf(dt, p), plan, build_ms, /*may_evict=*/true);
+  }
+
+  // The plan of `key`, built if missing. may_evict: a full cache is emptied first (else the build
+  // is refused with kUnsupported).
+  CudnnAttnStatus GetKey(DType dt, const Key& key, Plan** plan, double* build_ms, bool may_evict) {
+    if (build_ms != nullptr) *build_ms = 0;
+    CudnnAttnStatus st;
     if (auto it = plans.find(key); it != plans.end()) {
       *plan = it->second.get();
       return st;
     }
     if (auto it = failed.find(key); it != failed.end()) return it->second;
-    if (plans.size() >= 512) {
+    if (plans.size() >= static_cast<size_t>(kMaxPlans)) {
+      if (!may_evict) return Fail(CudnnAttnStatus::kUnsupported, "plan cache full");
       // Bound the cache (each plan may hold compiled code); wait for work that may use a plan.
       cudaDeviceSynchronize();
       plans.clear();
@@ -568,8 +632,8 @@ struct CudnnAttention::Impl {
       ++stats.shapes_failed;
       if (verbose)
         std::fprintf(stderr, "cudnn attention: no plan for %s Hq=%d Hkv=%d D=%d n=%d N=%d after %.1f ms: %s\n",
-                     dt == DType::kBF16 ? "bf16" : "fp16", p.Hq, p.Hkv, p.D, p.n, p.s + p.n, ms,
-                     st.message.c_str());
+                     dt == DType::kBF16 ? "bf16" : "fp16", std::get<1>(key), std::get<2>(key), std::get<3>(key),
+                     std::get<4>(key), std::get<5>(key), ms, st.message.c_str());
       failed[key] = st;
       return st;
     }
@@ -596,7 +660,7 @@ CudnnAttnStatus CudnnAttention::Init(size_t max_workspace_bytes) {
   }
   impl_->max_workspace = max_workspace_bytes;
   // KVR_CUDNN_STATIC=1: exact static plans only (no dynamic shapes, no kernel cache).
-  if (const char* e = std::getenv("KVR_CUDNN_STATIC"); e != nullptr && e[0] == '1') impl_->dynamic_ok_ = false;
+  if (EnvIsOne("KVR_CUDNN_STATIC")) impl_->dynamic_ok_ = false;
   return CudnnAttnStatus::Ok();
 }
 
@@ -606,6 +670,66 @@ CudnnAttnStatus CudnnAttention::Prepare(DType dt, const PrefillAttnParams& p, do
   Impl::Plan* plan = nullptr;
   return impl_->Get(dt, p, &plan, build_ms);
 }
+
+CudnnAttnStatus CudnnAttention::Prewarm(DType dt, int Hq, int Hkv, int D,
+                                        const std::vector<std::pair<int, int>>& buckets,
+                                        const PrewarmProgress& progress, PrewarmReport* report) {
+  PrewarmReport rep;
+  rep.requested = static_cast<int>(buckets.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&t0] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  CudnnAttnStatus first;
+  if (impl_->handle == nullptr) {
+    first = Fail(CudnnAttnStatus::kError, "CudnnAttention not initialized");
+  } else if (!impl_->bucketing) {
+    first = Fail(CudnnAttnStatus::kUnsupported, "bucketing is off: nothing to prewarm");
+  } else {
+    int done = 0;
+    for (const auto& [n_b, N_b] : buckets) {
+      PrefillAttnParams p;  // null pointers: only the shape matters for a plan
+      p.n = n_b;
+      p.s = N_b - n_b;
+      p.Hq = Hq;
+      p.Hkv = Hkv;
+      p.D = D;
+      CudnnAttnStatus st = p.s >= 0 ? CheckShape(dt, p)
+                                    : Fail(CudnnAttnStatus::kError, "bucket with N_b < n_b");
+      const Impl::Key key{static_cast<int>(dt), Hq, Hkv, D, n_b, N_b};
+      const bool had = impl_->plans.count(key) > 0 || impl_->failed.count(key) > 0;
+      if (st.ok()) {
+        if (!had && impl_->plans.size() >= static_cast<size_t>(kMaxPlans)) {
+          ++rep.skipped;
+          st = Fail(CudnnAttnStatus::kUnsupported, "plan cache full");
+        } else {
+          Impl::Plan* plan = nullptr;
+          double ms = 0;
+          st = impl_->GetKey(dt, key, &plan, &ms, /*may_evict=*/false);
+          if (had) ++rep.cached;
+          else if (st.ok()) ++rep.built;
+        }
+      }
+      if (!st.ok() && st.message != "plan cache full") ++rep.failed;
+      if (!st.ok() && first.ok()) first = st;
+      ++done;
+      if (progress) progress(done, rep.requested, elapsed());
+    }
+  }
+  rep.total_ms = elapsed();
+  if (!first.ok()) rep.first_error = first.message;
+  if (report != nullptr) *report = rep;
+  return first;
+}
+
+bool CudnnAttention::HasPlan(DType dt, const PrefillAttnParams& p) const {
+  if (impl_->handle == nullptr || !CheckShape(dt, p).ok()) return false;
+  return impl_->plans.count(impl_->KeyOf(dt, p)) > 0;
+}
+
+std::pair<int, int> CudnnAttention::PlanDims(const PrefillAttnParams& p) const { return impl_->PlanDims(p); }
+void CudnnAttention::set_bucketing(bool on) { impl_->bucketing = on; }
+bool CudnnAttention::bucketing() const { return impl_->bucketing; }
 
 CudnnAttnStatus CudnnAttention::Run(DType dt, const PrefillAttnParams& p, cudaStream_t stream) {
   Impl::Plan* plan = nullptr;
@@ -665,6 +789,19 @@ CudnnAttnStatus CudnnAttention::Prepare(DType, const PrefillAttnParams&, double*
 CudnnAttnStatus CudnnAttention::Run(DType, const PrefillAttnParams&, cudaStream_t) {
   return Fail(CudnnAttnStatus::kUnsupported, "built without cuDNN");
 }
+CudnnAttnStatus CudnnAttention::Prewarm(DType, int, int, int, const std::vector<std::pair<int, int>>& buckets,
+                                        const PrewarmProgress&, PrewarmReport* report) {
+  if (report != nullptr) {
+    *report = PrewarmReport();
+    report->requested = static_cast<int>(buckets.size());
+    report->first_error = "built without cuDNN";
+  }
+  return Fail(CudnnAttnStatus::kUnsupported, "built without cuDNN");
+}
+bool CudnnAttention::HasPlan(DType, const PrefillAttnParams&) const { return false; }
+std::pair<int, int> CudnnAttention::PlanDims(const PrefillAttnParams& p) const { return {p.n, p.s + p.n}; }
+void CudnnAttention::set_bucketing(bool) {}
+bool CudnnAttention::bucketing() const { return false; }
 const CudnnAttention::Stats& CudnnAttention::stats() const { return impl_->stats; }
 void CudnnAttention::set_verbose(bool) {}
 void CudnnAttention::ClearCache() {}
@@ -675,6 +812,10 @@ cudaError_t PrefillAttentionWith(AttnImpl impl, CudnnAttention* cudnn, DType dt,
                                  const PrefillAttnParams& p, cudaStream_t stream, AttnImpl* used) {
   if (used != nullptr) *used = AttnImpl::kMma;
   if (impl == AttnImpl::kMma || p.n <= 0) return PrefillAttention(dt, p, stream);
+  if (impl == AttnImpl::kAuto &&
+      (p.n < kAutoMinQueries || cudnn == nullptr ||
+       (p.n < kAutoBuildMinQueries && !cudnn->HasPlan(dt, p))))
+    return PrefillAttention(dt, p, stream);
   CudnnAttnStatus st;
   if (cudnn == nullptr || !cudnn->initialized()) {
     st = Fail(CudnnAttnStatus::kUnsupported, "no initialized CudnnAttention");

@@ -4,6 +4,7 @@
 //                  [--prefill 4096,8192,16384,32768] [--attn 4096,...] [--decode 4096,32768]
 //                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
 //                  [--attn_impl mma,cudnn] [--attn_prefix S]
+//                  [--serve_lens 3001,5500,9000,12345,16000] [--serve_chunk 2048]
 //
 // Measures, each the median of --reps after warm-ups:
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
@@ -17,6 +18,12 @@
 //            kernel, variants 1-3) and cudnn/auto (cuDNN fused attention; plan build ms of the
 //            shape, reported apart from the timed runs), then the cuDNN plan build time of chunk
 //            shapes as serving sees them (n = 2048 at successive offsets, each shape new);
+//   serve    (when cudnn or auto is among --attn_impl) requests of --serve_lens tokens, each
+//            prefilled in chunks of --serve_chunk (the last one ragged): per chunk (n, s), the
+//            attention time of mma (best variant 0 default), cuDNN with bucketed plans after a
+//            Prewarm of BucketGrid(512, serve_chunk, longest) (time of the prewarm reported), and
+//            cuDNN with exact plans (plan build of each new shape + run, as a daemon without
+//            buckets pays it); totals per implementation, builds included;
 //   decode   inter-token latency at batch 1 with a cache of C tokens (host clock per Decode call,
 //            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth.
 #include <cuda_runtime.h>
@@ -128,8 +135,8 @@ double PrefillFlops(const kvr::ModelConfig& c, double n) {
 int main(int argc, char** argv) {
   std::string shape = "llama2-7b", out_path, dtype = "bf16";
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
-  std::string attn_impl_s = "mma";
-  int layers = 0, reps = 5, variant = 0, attn_prefix = 0;
+  std::string attn_impl_s = "mma", serve_lens_s = "3001,5500,9000,12345,16000";
+  int layers = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -144,6 +151,8 @@ int main(int argc, char** argv) {
     else if (a == "--out") out_path = next();
     else if (a == "--attn_impl") attn_impl_s = next();
     else if (a == "--attn_prefix") attn_prefix = std::atoi(next().c_str());
+    else if (a == "--serve_lens") serve_lens_s = next();
+    else if (a == "--serve_chunk") serve_chunk = std::atoi(next().c_str());
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   std::vector<std::string> attn_impls;
@@ -319,6 +328,97 @@ int main(int argc, char** argv) {
     if (!builds.empty())
       std::printf("cudnn plan build over %zu new chunk shapes: median %.1f ms, max %.1f ms\n", builds.size(),
                   Median(builds), *std::max_element(builds.begin(), builds.end()));
+  }
+
+  // ---- serving-like chunk sequence: mma vs cuDNN bucketed (after prewarm) vs cuDNN exact ----
+  if (cudnn_attn.initialized() && !Ints(serve_lens_s).empty() && serve_chunk > 0) {
+    const std::vector<int> lens = Ints(serve_lens_s);
+    const int longest = *std::max_element(lens.begin(), lens.end());
+    const int Hq = cfg.num_q_heads, Hkv = cfg.num_kv_heads, D = cfg.head_dim;
+    // A zeroed cache of capacity >= the longest bucket, random keys/values everywhere below
+    // `longest` (rows past a chunk's N are then finite, as in the runner's zeroed cache).
+    const int cap = K::CudnnAttention::BucketKeys(longest) + 128;
+    const int q_rows = K::CudnnAttention::BucketQueries(serve_chunk);
+    const size_t kvn = static_cast<size_t>(cap) * Hkv * D, qn = static_cast<size_t>(q_rows) * Hq * D;
+    void *q, *k, *v, *o;
+    Check(cudaMalloc(&q, qn * 2), "malloc");
+    Check(cudaMalloc(&o, qn * 2), "malloc");
+    Check(cudaMalloc(&k, kvn * 2), "malloc");
+    Check(cudaMalloc(&v, kvn * 2), "malloc");
+    Check(cudaMemset(k, 0, kvn * 2), "memset");
+    Check(cudaMemset(v, 0, kvn * 2), "memset");
+    K::FillUniform(kdt, q, qn, 1.f, 16, stream);
+    K::FillUniform(kdt, k, static_cast<size_t>(longest) * Hkv * D, 1.f, 17, stream);
+    K::FillUniform(kdt, v, static_cast<size_t>(longest) * Hkv * D, 1.f, 18, stream);
+    Check(cudaStreamSynchronize(stream), "fill");
+    // Bucketed: cudnn_attn (bucketing on), prewarmed over the grid the runner would use.
+    cudnn_attn.set_bucketing(true);
+    cudnn_attn.set_verbose(false);
+    const auto grid = K::CudnnAttention::BucketGrid(K::kAutoMinQueries, serve_chunk, longest);
+    K::CudnnAttention::PrewarmReport rep;
+    const K::CudnnAttnStatus pst = cudnn_attn.Prewarm(kdt, Hq, Hkv, D, grid, [](int done, int total, double ms) {
+      if (done % 50 == 0 || done == total) std::printf("serve: prewarm %d/%d plans, %.1f s\n", done, total, ms / 1000);
+    }, &rep);
+    std::printf("serve: prewarm of %zu buckets (chunks %d..%d, up to %d keys): built %d, cached %d, failed %d, "
+                "skipped %d in %.1f s (%.1f ms per plan built)%s%s\n",
+                grid.size(), K::kAutoMinQueries, serve_chunk, longest, rep.built, rep.cached, rep.failed, rep.skipped,
+                rep.total_ms / 1000, rep.built > 0 ? rep.total_ms / rep.built : 0.0, pst.ok() ? "" : ": ",
+                pst.message.c_str());
+    out["serve_prewarm"] = {{"buckets", grid.size()}, {"built", rep.built}, {"failed", rep.failed},
+                            {"total_ms", rep.total_ms}, {"error", rep.first_error}};
+    // Exact: a separate object, bucketing off (every new (n, N) builds a plan).
+    K::CudnnAttention exact;
+    const K::CudnnAttnStatus est = exact.Init();
+    exact.set_bucketing(false);
+    double tot_mma = 0, tot_bucket = 0, tot_exact_run = 0, tot_exact_build = 0, tot_auto = 0;
+    for (int len : lens) {
+      for (int s0 = 0; s0 < len; s0 += serve_chunk) {
+        K::PrefillAttnParams p;
+        p.q = q; p.k = k; p.v = v; p.out = o;
+        p.n = std::min(serve_chunk, len - s0); p.s = s0;
+        p.Hq = Hq; p.Hkv = Hkv; p.D = D;
+        p.scale = 1.f / std::sqrt(static_cast<float>(D));
+        p.q_rows = q_rows; p.kv_rows = cap; p.kv_tail_finite = true;
+        const double t_mma = event_ms([&] { Check(K::PrefillAttention(kdt, p, stream), "attn"); }, 1, reps);
+        const auto [nb, Nb] = cudnn_attn.PlanDims(p);
+        const bool hit = cudnn_attn.HasPlan(kdt, p);
+        double t_b = -1, t_e = -1, build_e = 0, t_auto = -1;
+        K::CudnnAttnStatus st = cudnn_attn.Prepare(kdt, p);
+        if (st.ok())
+          t_b = event_ms([&] {
+            if (!cudnn_attn.Run(kdt, p, stream).ok()) { std::fprintf(stderr, "cudnn run failed\n"); std::exit(1); }
+          }, 1, reps);
+        K::AttnImpl used = K::AttnImpl::kMma;
+        t_auto = event_ms([&] { Check(K::PrefillAttentionWith(K::AttnImpl::kAuto, &cudnn_attn, kdt, p, stream, &used), "auto"); }, 1, reps);
+        if (est.ok()) {
+          K::CudnnAttnStatus es = exact.Prepare(kdt, p, &build_e);
+          if (es.ok())
+            t_e = event_ms([&] {
+              if (!exact.Run(kdt, p, stream).ok()) { std::fprintf(stderr, "cudnn run failed\n"); std::exit(1); }
+            }, 1, reps);
+        }
+        tot_mma += t_mma;
+        tot_bucket += t_b >= 0 ? t_b : t_mma;
+        tot_auto += t_auto;
+        tot_exact_run += t_e >= 0 ? t_e : t_mma;
+        tot_exact_build += build_e;
+        out["serve"].push_back({{"len", len}, {"n", p.n}, {"s", p.s}, {"bucket_n", nb}, {"bucket_N", Nb},
+                                {"prewarmed", hit}, {"mma_ms", t_mma}, {"cudnn_bucketed_ms", t_b},
+                                {"auto_ms", t_auto}, {"auto_used", K::AttnImplName(used)},
+                                {"cudnn_exact_ms", t_e}, {"exact_build_ms", build_e}});
+        std::printf("serve len %6d chunk n=%5d s=%6d bucket (%5d,%6d)%s: mma %7.3f ms, cudnn bucketed %7.3f ms, "
+                    "auto(%s) %7.3f ms, cudnn exact %7.3f ms + plan build %6.1f ms\n",
+                    len, p.n, p.s, nb, Nb, hit ? "" : " NOT prewarmed", t_mma, t_b, K::AttnImplName(used), t_auto,
+                    t_e, build_e);
+      }
+    }
+    std::printf("serve totals (one layer, all chunks): mma %.2f ms; cudnn bucketed %.2f ms (+ prewarm %.1f s once "
+                "at load); auto %.2f ms; cudnn exact %.2f ms run + %.1f ms plan builds\n",
+                tot_mma, tot_bucket, rep.total_ms / 1000, tot_auto, tot_exact_run, tot_exact_build);
+    out["serve_totals"] = {{"mma_ms", tot_mma}, {"cudnn_bucketed_ms", tot_bucket}, {"auto_ms", tot_auto},
+                           {"cudnn_exact_run_ms", tot_exact_run}, {"cudnn_exact_build_ms", tot_exact_build},
+                           {"prewarm_ms", rep.total_ms}};
+    cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
   }
 
   if (Ints(prefill_s).empty() && Ints(decode_s).empty()) {  // kernels only: no model needed

@@ -74,9 +74,9 @@ class Carver {
 class CudaKvCache : public KvCache {
  public:
   CudaKvCache(const void* owner, int device, int capacity, int layers, size_t bytes_per_token,
-              std::byte* mem)
+              std::byte* mem, bool zeroed)
       : owner_(owner), device_(device), capacity_(capacity), layers_(layers),
-        bytes_per_token_(bytes_per_token), mem_(mem) {}
+        bytes_per_token_(bytes_per_token), mem_(mem), zeroed_(zeroed) {}
   ~CudaKvCache() override {
     int prev = 0;
     cudaGetDevice(&prev);
@@ -96,12 +96,16 @@ class CudaKvCache : public KvCache {
     return 2ull * layers_ * static_cast<size_t>(capacity_) * bytes_per_token_;
   }
   const void* owner() const { return owner_; }
+  // Zeroed at allocation: every row holds zeros or what was written since (finite keys and
+  // values), so a cuDNN bucketed plan may read rows past a sequence's length.
+  bool zeroed() const { return zeroed_; }
 
  private:
   const void* owner_;
   int device_, capacity_, layers_;
   size_t bytes_per_token_;
   std::byte* mem_;
+  bool zeroed_;
 };
 
 // Part of a row-major matrix of 2-byte elements: the listed row ranges (begin, count), one
@@ -215,6 +219,7 @@ class CudaRunner : public ModelRunner {
         cudnn_attn_.reset();
       }
     }
+    if (cudnn_attn_ && opt_.cudnn_prewarm_tokens > 0) PrewarmCudnn();
     const std::vector<float> inv = RopeInverseFrequencies(cfg_.rope, cfg_.head_dim);
     KVR_CU(cudaMalloc(&inv_freq_, inv.size() * sizeof(float)));
     KVR_CU(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -384,6 +389,43 @@ class CudaRunner : public ModelRunner {
     return r;
   }
 
+  // Builds the cuDNN plans of the chunk buckets this model will meet (options), logging progress
+  // every 5 s and the total. A failure leaves those shapes to our kernel (never fatal).
+  void PrewarmCudnn() {
+    if (cfg_.sliding_window > 0) {
+      KVR_LOG(INFO) << name_ << ": no cuDNN prewarm: the sliding window runs the mma kernel";
+      return;
+    }
+    int max_N = opt_.cudnn_prewarm_tokens;
+    if (cfg_.max_position > 0) max_N = std::min(max_N, cfg_.max_position);
+    const auto grid = K::CudnnAttention::BucketGrid(opt_.cudnn_prewarm_min_chunk, opt_.cudnn_prewarm_max_chunk, max_N);
+    KVR_LOG(INFO) << name_ << ": building " << grid.size() << " cuDNN attention plans (chunks of "
+                  << opt_.cudnn_prewarm_min_chunk << ".." << opt_.cudnn_prewarm_max_chunk << " queries, up to "
+                  << max_N << " keys; ~50 ms each)";
+    double last_log = 0;
+    const std::string name = name_;
+    auto progress = [&last_log, &name](int done, int total, double ms) {
+      if (ms - last_log >= 5000 || done == total) {
+        last_log = ms;
+        KVR_LOG(INFO) << name << ": cuDNN plans " << done << "/" << total << " after " << ms / 1000 << " s";
+      }
+    };
+    K::CudnnAttention::PrewarmReport rep;
+    const K::CudnnAttnStatus st = cudnn_attn_->Prewarm(dt_, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim,
+                                                       grid, progress, &rep);
+    KVR_LOG(INFO) << name_ << ": cuDNN prewarm: " << rep.built << " plans built, " << rep.cached << " cached, "
+                  << rep.failed << " failed, " << rep.skipped << " skipped (cache full) in " << rep.total_ms / 1000
+                  << " s";
+    if (!st.ok())
+      KVR_LOG(WARNING) << name_ << ": cuDNN prewarm: " << st.message << " (those chunks run the mma kernel)";
+  }
+
+  // Rows of a chunk's query and attention-output buffers: T, or T's cuDNN query bucket when
+  // cuDNN attention may run (a bucketed plan reads and writes rows [T, bucket)).
+  int AttnRows(int T) const {
+    return cudnn_attn_ ? std::max(T, K::CudnnAttention::BucketQueries(T)) : T;
+  }
+
   // Device bytes of one chunk's activations for T tokens.
   size_t ChunkBytes(int T) const {
     Carver c(nullptr);
@@ -409,8 +451,20 @@ class CudaRunner : public ModelRunner {
     }
     std::byte* mem = nullptr;
     KVR_CU(cudaMalloc(&mem, bytes));
+    // cuDNN bucketed plans read (masked) rows past a sequence's keys: they must be finite, so
+    // the cache starts zeroed (one memset at HBM bandwidth; waited for, as other streams, e.g. a
+    // transport's, may write the cache next).
+    const bool zero = cudnn_attn_ != nullptr;
+    if (zero) {
+      cudaError_t e = cudaMemsetAsync(mem, 0, bytes, stream_);
+      if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);
+      if (e != cudaSuccess) {
+        cudaFree(mem);
+        return CudaStatus(e, "KV-cache zeroing");
+      }
+    }
     return std::unique_ptr<KvCache>(
-        new CudaKvCache(this, device_, capacity, cfg_.num_layers, bpt, mem));
+        new CudaKvCache(this, device_, capacity, cfg_.num_layers, bpt, mem, zero));
   }
 
   absl::StatusOr<std::unique_ptr<ChunkState>> BeginChunk(absl::Span<const int32_t> tokens, int start,
@@ -474,6 +528,9 @@ class CudaRunner : public ModelRunner {
     ap.window = cfg_.sliding_window;
     ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
     ap.variant = opt_.attn_variant;
+    ap.q_rows = AttnRows(ch.n);  // Carve gives q and attn this many rows
+    ap.kv_rows = ch.cache->capacity();
+    ap.kv_tail_finite = ch.cache->zeroed();
     KVR_CU(K::PrefillAttentionWith(attn_impl_, cudnn_attn_.get(), dt_, ap, stream_));
     return OutMlpBlock(layers_[l], ch.n, ch.b.x, ch.b.h, ch.b.attn, ch.b.up, ch.b.act, ch.b.part);
   }
@@ -658,8 +715,9 @@ class CudaRunner : public ModelRunner {
     b->x = c.Take<float>(t * C);
     b->h = c.Take<void>(t * C, 2);
     b->qkv = c.Take<void>(t * cfg_.qkv_dim(), 2);
-    b->q = c.Take<void>(t * cfg_.q_dim(), 2);
-    b->attn = c.Take<void>(t * cfg_.q_dim(), 2);
+    const size_t ta = AttnRows(T);  // >= t: room for a cuDNN query bucket's padded rows
+    b->q = c.Take<void>(ta * cfg_.q_dim(), 2);
+    b->attn = c.Take<void>(ta * cfg_.q_dim(), 2);
     b->up = c.Take<void>(t * U(), 2);
     b->act = Silu() ? c.Take<void>(t * cfg_.intermediate_size, 2) : b->up;
     b->logits = c.Take<float>(static_cast<size_t>(cfg_.vocab_size) * std::max(T, 1));

@@ -45,9 +45,20 @@ struct CudaRunnerOptions {
   int attn_variant = 0;                     // prefill attention kernel variant (0 = default)
   // Prefill attention implementation: "mma" (our flash kernel), "cudnn" (cuDNN fused attention,
   // kernels/cudnn_attention.h; shapes it cannot run, e.g. sliding windows, fall back to ours with
-  // a warning) or "auto" (cuDNN where it builds a plan, ours elsewhere, silently). Ours until
-  // measured.
+  // a warning) or "auto" (cuDNN for chunks of >= 512 queries whose bucketed plan is built or
+  // which have >= 2048 queries, ours elsewhere, silently; PrefillAttentionWith). Ours until
+  // measured. With cudnn or auto, each KV-cache is zeroed at allocation (cudaMemsetAsync of the
+  // whole cache, ~2 x bytes / HBM bandwidth, e.g. ~6 ms for 8 GiB on H200) so that bucketed
+  // plans may read rows past a sequence's keys, and the chunk's query/output buffers have
+  // bucket-many rows.
   std::string attn_impl = "mma";
+  // With cudnn or auto: build cuDNN plans at load (CudnnAttention::Prewarm) for every bucket
+  // (BucketGrid) of chunks of [cudnn_prewarm_min_chunk, cudnn_prewarm_max_chunk] queries and up
+  // to cudnn_prewarm_tokens keys (capped at the model's max_position when that is known).
+  // 0 = no prewarm. Costs about 50 ms per plan (the log says how many and the total time).
+  int cudnn_prewarm_tokens = 0;
+  int cudnn_prewarm_min_chunk = 512;   // kernels::kAutoMinQueries
+  int cudnn_prewarm_max_chunk = 4096;
   // Tensor parallelism (see above): rank tp_rank of tp_size, summing over `tp_comm`, an
   // ncclComm_t of tp_size ranks whose rank tp_rank is on this runner's device (opaque here so
   // that this header stays free of nccl.h). The communicator must outlive the runner.

@@ -3,9 +3,9 @@
 # root, after a build (e.g. `bash tests/cuda/device_check.sh env,build`, same $BUILD), or with
 # binaries carried from the dev machine (tools/carry_for_device.sh; BIN=.carry/dev/bin):
 #   bash tests/cuda/cudnn_check.sh
-# Runs the cuDNN kernel tests (dynamic-shape plans, then KVR_CUDNN_STATIC=1), the runner test and
-# the attention/prefill benchmark for mma and cudnn; logs under $OUT (or ./device_out), the
-# lines worth reading on stdout.
+# Runs the cuDNN kernel tests (dynamic-shape plans, then KVR_CUDNN_STATIC=1; bucketed plans
+# included), the runner tests and the attention/prefill/serving-chunk benchmarks for mma and
+# cudnn; logs under $OUT (or ./device_out), the lines worth reading on stdout.
 set -u
 OUT=${OUT:-$PWD/device_out}
 BUILD=${BUILD:-/tmp/kvr-build}
@@ -35,7 +35,7 @@ KVR_CUDNN_STATIC=1 "$BUILD/tests/cuda/cuda_kernels_test" --gtest_filter='Kernels
   > "$OUT/cudnn_test_static.log" 2>&1; echo "rc=$?" >> "$OUT/cudnn_test_static.log"
 grep -E "summary|\[ *(OK|FAILED|PASSED) *\]|n=2048|rc=" "$OUT/cudnn_test_static.log" | cut -c1-400
 log "cudnn: runner test"
-"$BUILD/tests/cuda/cuda_runner_test" --gtest_filter='CudaRunner.CudnnAttentionMatchesMma' \
+"$BUILD/tests/cuda/cuda_runner_test" --gtest_filter='CudaRunner.Cudnn*' \
   > "$OUT/cudnn_runner_test.log" 2>&1; echo "rc=$?" >> "$OUT/cudnn_runner_test.log"
 grep -E "$pick|rc=" "$OUT/cudnn_runner_test.log" | cut -c1-400
 log "cudnn: bench (llama2-7b widths, 4 layers)"
@@ -53,4 +53,9 @@ KVR_CUDNN_STATIC=1 timeout 200 "$BUILD/tools/kvr_cuda_bench" --shape llama2-7b -
   --attn_impl cudnn --prefill "" --decode "" --reps 5 > "$OUT/cudnn_bench_static.log" 2>&1
 echo "rc=$?" >> "$OUT/cudnn_bench_static.log"
 grep -E "attn |plan build|rc=" "$OUT/cudnn_bench_static.log" | cut -c1-300
+log "cudnn: bench, serving-like chunk sequence (llama3-8b widths): mma vs cuDNN bucketed (prewarmed) vs exact"
+timeout 400 "$BUILD/tools/kvr_cuda_bench" --shape llama3-8b --layers 2 --attn "" --attn_impl mma,cudnn \
+  --serve_lens 3001,5500,9000,12345,16000 --serve_chunk 2048 --prefill "" --decode "" --reps 5 \
+  --out "$OUT/cudnn_bench_serve.json" > "$OUT/cudnn_bench_serve.log" 2>&1; echo "rc=$?" >> "$OUT/cudnn_bench_serve.log"
+grep -E "serve|rc=" "$OUT/cudnn_bench_serve.log" | cut -c1-300
 log "cudnn: done"

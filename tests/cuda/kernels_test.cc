@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kernels/activation.cuh"
@@ -425,6 +428,200 @@ TEST(Kernels, CudnnPrefillAttention) {
               "failed, plan build total %.1f ms, workspace %zu bytes\n",
               on_cudnn, unsupported, stt.plans_built, stt.shapes_failed, stt.build_ms_total, stt.workspace_bytes);
   EXPECT_GT(on_cudnn, 0) << "cuDNN ran no case at all: the graph is likely wrong (see the messages above)";
+}
+
+// The bucket rule (no GPU work): buckets cover x, waste < max(min step, x / 8), 8 per octave,
+// and BucketGrid holds the bucket of every chunk it is meant for.
+TEST(Kernels, CudnnBuckets) {
+  EXPECT_EQ(CudnnAttention::BucketQueries(1), 64);
+  EXPECT_EQ(CudnnAttention::BucketQueries(64), 64);
+  EXPECT_EQ(CudnnAttention::BucketQueries(65), 128);
+  EXPECT_EQ(CudnnAttention::BucketQueries(512), 512);
+  EXPECT_EQ(CudnnAttention::BucketQueries(513), 576);
+  EXPECT_EQ(CudnnAttention::BucketQueries(2047), 2048);
+  EXPECT_EQ(CudnnAttention::BucketKeys(1), 128);
+  EXPECT_EQ(CudnnAttention::BucketKeys(1025), 1152);
+  EXPECT_EQ(CudnnAttention::BucketKeys(16384), 16384);
+  EXPECT_EQ(CudnnAttention::BucketKeys(16385), 18432);
+  for (int x = 1; x <= 300000; x += (x < 5000 ? 1 : 37)) {
+    for (int m : {64, 128}) {
+      const int b = m == 64 ? CudnnAttention::BucketQueries(x) : CudnnAttention::BucketKeys(x);
+      ASSERT_GE(b, x);
+      ASSERT_LT(b - x, std::max(m, x / 8)) << "x=" << x << " bucket " << b;
+      ASSERT_EQ(m == 64 ? CudnnAttention::BucketQueries(b) : CudnnAttention::BucketKeys(b), b) << "x=" << x;
+    }
+  }
+  for (const auto& [mn, mx, mN] : {std::tuple{512, 2048, 16384}, std::tuple{512, 4096, 32768},
+                                   std::tuple{512, 8192, 131072}, std::tuple{1, 512, 4096}}) {
+    const auto grid = CudnnAttention::BucketGrid(mn, mx, mN);
+    std::printf("BucketGrid(min_n=%d, max_n=%d, max_N=%d): %zu plans\n", mn, mx, mN, grid.size());
+    std::mt19937 rng(3);
+    for (int t = 0; t < 2000; ++t) {
+      const int n = std::uniform_int_distribution<int>(mn, mx)(rng);
+      const int N = std::uniform_int_distribution<int>(n, mN)(rng);
+      const std::pair<int, int> b{CudnnAttention::BucketQueries(n), CudnnAttention::BucketKeys(N)};
+      ASSERT_TRUE(std::binary_search(grid.begin(), grid.end(), b)) << "n=" << n << " N=" << N;
+    }
+  }
+  EXPECT_TRUE(CudnnAttention::BucketGrid(600, 500, 1000).empty());
+}
+
+// Bucketed plans: a plan of dims (n_b, N_b) > (n, N) against the CPU reference, with the cache
+// rows past N holding NaN before the zeroing the runner does at allocation (so a wrong mask or a
+// read past the allocation shows), query rows [n, n_b) NaN, one plan serving several chunks, the
+// fallbacks to exact dims (bucket past the cache capacity, past the query buffer, tail not
+// declared finite), Prewarm and the kAuto policy.
+TEST(Kernels, CudnnBucketedPrefillAttention) {
+  CudnnAttention cudnn;
+  const CudnnAttnStatus init = cudnn.Init();
+  ASSERT_TRUE(init.ok()) << "CudnnAttention::Init: " << init.message;
+  cudnn.set_verbose(true);
+  cudnn.set_bucketing(true);
+  std::mt19937 rng(26);
+  struct Case {
+    int n, s, Hq, Hkv, D;
+    int cap_extra;     // cache rows past the bucket (< 0: the bucket does not fit the cache)
+    int q_extra;       // query-buffer rows past the bucket (< 0: it does not fit)
+    bool tail_finite;  // declared (and made so by zeroing)
+    bool expect_n_bucket, expect_N_bucket;
+    const char* what;
+  };
+  const Case cases[] = {
+      {600, 1234, 4, 2, 128, 5, 0, true, true, true, "bucket (640, 1920) for (600, 1834)"},
+      {597, 1240, 4, 2, 128, 0, 3, true, true, true, "same bucket, another chunk: plan reused"},
+      {97, 211, 32, 8, 128, 1, 0, true, true, true, "GQA 32/8 odd n and s"},
+      {70, 50, 71, 1, 64, 0, 0, true, true, true, "MQA 71/1 D=64"},
+      {1, 777, 8, 2, 128, 0, 0, true, true, true, "one-token chunk"},
+      {600, 1234, 4, 2, 128, -3, 0, true, true, false, "N_b past the cache capacity: exact keys"},
+      {600, 1234, 4, 2, 128, 5, -1, true, false, true, "n_b past the query buffer: exact queries"},
+      {600, 1234, 4, 2, 128, 5, 0, false, true, false, "tail not declared finite: exact keys"},
+  };
+  for (DType dt : kTypes) {
+    const char* tn = dt == DType::kBF16 ? "bf16" : "fp16";
+    for (const Case& c : cases) {
+      const int N = c.s + c.n;
+      const int nb = CudnnAttention::BucketQueries(c.n), Nb = CudnnAttention::BucketKeys(N);
+      ASSERT_GT(nb, c.n) << "the case must pad queries";
+      ASSERT_GT(Nb, N) << "the case must pad keys";
+      const int cap = c.cap_extra >= 0 ? Nb + c.cap_extra : std::max(N, Nb + c.cap_extra);
+      const int q_rows = c.q_extra >= 0 ? nb + c.q_extra : nb + c.q_extra;  // >= n
+      const size_t kv_row = static_cast<size_t>(c.Hkv) * c.D, q_row = static_cast<size_t>(c.Hq) * c.D;
+      auto q = RandomHalf(dt, c.n * q_row, 1.f, rng);
+      auto k = RandomHalf(dt, N * kv_row, 1.f, rng);
+      auto v = RandomHalf(dt, N * kv_row, 1.f, rng);
+      DeviceBuffer<uint16_t> dq(q_rows * q_row), dk(cap * kv_row), dv(cap * kv_row), dout(q_rows * q_row);
+      // The runner's sequence: the allocation holds NaN (poison), is zeroed when declared
+      // finite, then the sequence's rows [0, N) are written.
+      CUDA_OK(dk.Poison());
+      CUDA_OK(dv.Poison());
+      if (c.tail_finite) {
+        CUDA_OK(cudaMemset(dk.get(), 0, dk.size() * 2));
+        CUDA_OK(cudaMemset(dv.get(), 0, dv.size() * 2));
+      }
+      CUDA_OK(cudaMemcpy(dk.get(), k.h.data(), k.h.size() * 2, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(dv.get(), v.h.data(), v.h.size() * 2, cudaMemcpyHostToDevice));
+      CUDA_OK(dq.Poison());  // query rows [n, q_rows) stay NaN
+      CUDA_OK(cudaMemcpy(dq.get(), q.h.data(), q.h.size() * 2, cudaMemcpyHostToDevice));
+      CUDA_OK(dout.Poison());
+      PrefillAttnParams p;
+      p.q = dq.get(); p.k = dk.get(); p.v = dv.get(); p.out = dout.get();
+      p.n = c.n; p.s = c.s; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D;
+      p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+      p.q_rows = q_rows;
+      p.kv_rows = cap;
+      p.kv_tail_finite = c.tail_finite;
+      const auto [n_p, N_p] = cudnn.PlanDims(p);
+      const std::string label = std::string(tn) + " n=" + std::to_string(c.n) + " s=" + std::to_string(c.s) +
+                                " Hq=" + std::to_string(c.Hq) + " Hkv=" + std::to_string(c.Hkv) + " D=" +
+                                std::to_string(c.D) + " cap=" + std::to_string(cap) + " plan (" +
+                                std::to_string(n_p) + ", " + std::to_string(N_p) + ") (" + c.what + ")";
+      EXPECT_EQ(n_p, c.expect_n_bucket ? nb : c.n) << label;
+      EXPECT_EQ(N_p, c.expect_N_bucket ? Nb : N) << label;
+      const bool had = cudnn.HasPlan(dt, p);
+      const int built0 = cudnn.stats().plans_built;
+      double build_ms = 0;
+      CudnnAttnStatus st = cudnn.Prepare(dt, p, &build_ms);
+      if (st.ok()) st = cudnn.Run(dt, p, nullptr);
+      ASSERT_TRUE(st.ok()) << "cuDNN " << label << ": " << st.message;
+      CUDA_OK(cudaDeviceSynchronize());
+      auto out = ToFloat(dt, dout.Download());
+      out.resize(c.n * q_row);  // the real rows; rows [n, q_rows) are the bucket's garbage
+      const auto ref = RefAttention(q.f, k.f, v.f, c.n, c.s, c.Hq, c.Hkv, c.D, 0);
+      const double err = RelErr(out, ref);
+      std::printf("[cuDNN bucketed] %s: rel err %.2e, plan %s (%.1f ms)\n", label.c_str(), err,
+                  had ? "reused" : "built", build_ms);
+      EXPECT_LT(err, 2 * Tol(dt)) << label;
+      if (had) {
+        EXPECT_EQ(cudnn.stats().plans_built, built0) << "a cached plan was rebuilt: " << label;
+      }
+      if (std::string(c.what).find("reused") != std::string::npos) {
+        EXPECT_TRUE(had) << "the previous chunk's bucket should serve " << label;
+      }
+    }
+  }
+
+  // Prewarm a small grid, then a chunk inside it finds its plan; kAuto picks cuDNN for it, our
+  // kernel for a chunk under kAutoMinQueries and for a head config without a plan.
+  const auto grid = CudnnAttention::BucketGrid(kAutoMinQueries, 640, 1300);
+  int calls = 0;
+  CudnnAttention::PrewarmReport rep;
+  const CudnnAttnStatus pst = cudnn.Prewarm(DType::kBF16, 8, 2, 128, grid,
+                                            [&calls](int, int, double) { ++calls; }, &rep);
+  std::printf("Prewarm of %zu buckets: built %d, cached %d, failed %d, skipped %d, %.1f ms%s%s\n", grid.size(),
+              rep.built, rep.cached, rep.failed, rep.skipped, rep.total_ms, pst.ok() ? "" : ": ",
+              pst.message.c_str());
+  ASSERT_TRUE(pst.ok()) << pst.message;
+  EXPECT_EQ(calls, static_cast<int>(grid.size()));
+  EXPECT_EQ(rep.built + rep.cached, static_cast<int>(grid.size()));
+  {
+    const int n = 600, s = 500, Hq = 8, Hkv = 2, D = 128, cap = 1400;
+    const DType dt = DType::kBF16;
+    const size_t kv_row = static_cast<size_t>(Hkv) * D, q_row = static_cast<size_t>(Hq) * D;
+    auto q = RandomHalf(dt, n * q_row, 1.f, rng);
+    auto k = RandomHalf(dt, (n + s) * kv_row, 1.f, rng);
+    auto v = RandomHalf(dt, (n + s) * kv_row, 1.f, rng);
+    const int q_rows = CudnnAttention::BucketQueries(n);
+    DeviceBuffer<uint16_t> dq(q_rows * q_row), dk(cap * kv_row), dv(cap * kv_row), dout(q_rows * q_row);
+    CUDA_OK(cudaMemset(dk.get(), 0, dk.size() * 2));
+    CUDA_OK(cudaMemset(dv.get(), 0, dv.size() * 2));
+    CUDA_OK(cudaMemcpy(dk.get(), k.h.data(), k.h.size() * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dv.get(), v.h.data(), v.h.size() * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(dq.Poison());
+    CUDA_OK(cudaMemcpy(dq.get(), q.h.data(), q.h.size() * 2, cudaMemcpyHostToDevice));
+    PrefillAttnParams p;
+    p.q = dq.get(); p.k = dk.get(); p.v = dv.get(); p.out = dout.get();
+    p.n = n; p.s = s; p.Hq = Hq; p.Hkv = Hkv; p.D = D;
+    p.scale = 1.f / std::sqrt(static_cast<float>(D));
+    p.q_rows = q_rows; p.kv_rows = cap; p.kv_tail_finite = true;
+    EXPECT_TRUE(cudnn.HasPlan(dt, p)) << "prewarmed bucket missing";
+    const int built0 = cudnn.stats().plans_built;
+    AttnImpl used = AttnImpl::kMma;
+    CUDA_OK(dout.Poison());
+    CUDA_OK(PrefillAttentionWith(AttnImpl::kAuto, &cudnn, dt, p, nullptr, &used));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(used, AttnImpl::kCudnn) << "kAuto with a prewarmed plan";
+    EXPECT_EQ(cudnn.stats().plans_built, built0) << "kAuto built a plan Prewarm had built";
+    auto out = ToFloat(dt, dout.Download());
+    out.resize(n * q_row);
+    const auto ref = RefAttention(q.f, k.f, v.f, n, s, Hq, Hkv, D, 0);
+    EXPECT_LT(RelErr(out, ref), 2 * Tol(dt)) << "kAuto on the prewarmed plan";
+    // Under kAutoMinQueries: ours, and no plan built.
+    PrefillAttnParams small = p;
+    small.n = 100;
+    small.s = 1000;
+    CUDA_OK(PrefillAttentionWith(AttnImpl::kAuto, &cudnn, dt, small, nullptr, &used));
+    EXPECT_EQ(used, AttnImpl::kMma) << "kAuto below kAutoMinQueries";
+    // A head config without a plan and n < kAutoBuildMinQueries: ours, nothing built.
+    PrefillAttnParams other = p;
+    other.Hq = 4;
+    CUDA_OK(PrefillAttentionWith(AttnImpl::kAuto, &cudnn, dt, other, nullptr, &used));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(used, AttnImpl::kMma) << "kAuto without a plan";
+    EXPECT_EQ(cudnn.stats().plans_built, built0) << "kAuto built a plan for a small chunk";
+  }
+  const auto& stt = cudnn.stats();
+  std::printf("cuDNN bucketed summary: %d plans built, %d shapes failed, plan build total %.1f ms\n",
+              stt.plans_built, stt.shapes_failed, stt.build_ms_total);
 }
 
 // cuDNN against our kernel at a realistic chunk (n = 2048 after s = 1024, GQA 32/8, D = 128),

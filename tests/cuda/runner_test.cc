@@ -183,6 +183,43 @@ TEST(CudaRunner, CudnnAttentionMatchesMma) {
   EXPECT_FALSE(MakeRandomCudaRunner(Llama(64), 0, bad, 7).ok());
 }
 
+// attn_impl = auto with cuDNN plans prewarmed at load (cudnn_prewarm_*): chunks of 600 queries
+// (bucket 640) at offsets 0, 600, 1200 run on the prewarmed bucketed plans (keys padded into
+// the zeroed cache), a 37-token last chunk on ours; the logits match the mma runner's. Then
+// attn_impl = cudnn on a cache exactly as long as the prompt: the first chunks use key buckets,
+// the last two (N = 1800, 1837; bucket 1920 > capacity) exact keys.
+TEST(CudaRunner, CudnnBucketedPrewarmedMatchesMma) {
+  for (const Variant& v : Variants()) {
+    SCOPED_TRACE(v.name);
+    CudaRunnerOptions opt;
+    opt.dtype = v.dt;
+    auto rm = MakeRandomCudaRunner(v.cfg, 0, opt, 7);
+    ASSERT_TRUE(rm.ok()) << rm.status();
+    opt.attn_impl = "auto";
+    opt.cudnn_prewarm_tokens = 2048;
+    opt.cudnn_prewarm_min_chunk = 512;
+    opt.cudnn_prewarm_max_chunk = 640;
+    auto ra = MakeRandomCudaRunner(v.cfg, 0, opt, 7);
+    ASSERT_TRUE(ra.ok()) << ra.status();
+    opt.attn_impl = "cudnn";
+    opt.cudnn_prewarm_tokens = 0;
+    auto rc = MakeRandomCudaRunner(v.cfg, 0, opt, 7);
+    ASSERT_TRUE(rc.ok()) << rc.status();
+    const int N = 1837;
+    auto prompt = Tokens(N, v.cfg.vocab_size, 9);
+    auto cm = (*rm)->NewKvCache(2000);
+    auto ca = (*ra)->NewKvCache(2000);
+    auto cx = (*rc)->NewKvCache(N);
+    ASSERT_TRUE(cm.ok() && ca.ok() && cx.ok());
+    const std::vector<int> cuts = {600, 1200, 1800};
+    auto ref = Prefill(**rm, **cm, prompt, cuts);
+    auto a = Prefill(**ra, **ca, prompt, cuts);
+    auto x = Prefill(**rc, **cx, prompt, cuts);
+    EXPECT_LT(Rel(a, ref), 2e-2) << "auto, prewarmed buckets";
+    EXPECT_LT(Rel(x, ref), 2e-2) << "cudnn, cache without room for key buckets";
+  }
+}
+
 TEST(CudaRunner, RefusesContextThatDoesNotFit) {
   ModelConfig cfg = Llama(128);
   auto r = MakeRandomCudaRunner(cfg, 0, {}, 1);
