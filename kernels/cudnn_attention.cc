@@ -271,10 +271,13 @@ class Builder {
 // Unique ids of the graph's non-virtual tensors (the variant pack) and its virtual ones.
 enum : int64_t {
   kUidQ = 1, kUidK = 2, kUidV = 3, kUidO = 4, kUidScale = 5, kUidSkv = 6, kUidSq = 7, kUidNegInf = 8,
+  kUidSeqQ = 9, kUidSeqKv = 10,  // padding-mask variant: device int32 (1, 1, 1, 1) tensors
+  kUidRowM = 120, kUidColM, kUidPad, kUidS1P,
   kUidS = 101, kUidS1, kUidRow, kUidCol, kUidRow1, kUidRow2, kUidMask, kUidS2, kUidMax, kUidSub,
   kUidExp, kUidSum, kUidLog, kUidStats, kUidP,
 };
 const int64_t kPackUids[] = {kUidQ, kUidK, kUidV, kUidO, kUidScale, kUidSkv, kUidSq, kUidNegInf};
+const int64_t kPackUidsPad[] = {kUidQ, kUidK, kUidV, kUidO, kUidScale, kUidNegInf, kUidSeqQ, kUidSeqKv};
 
 }  // namespace
 
@@ -292,6 +295,12 @@ struct CudnnAttention::Impl {
   void* workspace = nullptr;
   bool verbose = false;
   bool bucketing = !EnvIsOne("KVR_CUDNN_EXACT");
+  // KVR_CUDNN_PADMASK=1 (experimental, for measurement): the graph adds cuDNN's padding mask
+  // (row < seq_q and column < seq_kv, per-batch device int32 tensors) and takes the causal
+  // offset from those tensors, as the frontend does for padded batches, so that an engine which
+  // recognises it may skip padded tiles. Same soundness conditions as the default graph.
+  bool padmask = EnvIsOne("KVR_CUDNN_PADMASK");
+  int32_t* seq_dev = nullptr;  // padmask: seq_q at [0], seq_kv at [4] (16-byte slots), device
   Stats stats;
   std::map<Key, std::shared_ptr<Plan>> plans;
   std::map<Key, CudnnAttnStatus> failed;
@@ -309,6 +318,7 @@ struct CudnnAttention::Impl {
     kcache_ = Desc();
     kcache_graph_.reset();
     if (workspace != nullptr) cudaFree(workspace);
+    if (seq_dev != nullptr) cudaFree(seq_dev);
     if (handle != nullptr) cudnnDestroy(handle);
     if (device >= 0 && cur >= 0 && cur != device) cudaSetDevice(cur);
   }
@@ -335,8 +345,11 @@ struct CudnnAttention::Impl {
     auto v = b.Tensor("V", kUidV, io, v_dims, v_str, false);
     auto o = b.Tensor("O", kUidO, io, q_dims, q_str, false);
     auto scale = b.Tensor("scale", kUidScale, f32, one, one, false, true);
-    auto skv = b.Tensor("s_kv", kUidSkv, i32, one, one, false, true);
-    auto sq = b.Tensor("s_q", kUidSq, i32, one, one, false, true);
+    cudnnBackendDescriptor_t skv = nullptr, sq = nullptr;
+    if (!padmask) {
+      skv = b.Tensor("s_kv", kUidSkv, i32, one, one, false, true);
+      sq = b.Tensor("s_q", kUidSq, i32, one, one, false, true);
+    }
     auto neg_inf = b.Tensor("-inf", kUidNegInf, f32, one, one, false, true);
 
     auto s = b.Tensor("S", kUidS, f32, s_dims, s_str, true);
@@ -357,10 +370,25 @@ struct CudnnAttention::Impl {
     b.Pointwise("attn_scale MUL", CUDNN_POINTWISE_MUL, f32, s, scale, nullptr, s1);
     b.Pointwise("gen_row_index", CUDNN_POINTWISE_GEN_INDEX, f32, s1, nullptr, nullptr, row, 2);
     b.Pointwise("gen_col_index", CUDNN_POINTWISE_GEN_INDEX, f32, s1, nullptr, nullptr, col, 3);
+    cudnnBackendDescriptor_t masked_in = s1;
+    if (padmask) {
+      // seq_q / seq_kv device tensors replace the by-value scalars (not in the graph then).
+      sq = b.Tensor("seq_q", kUidSeqQ, i32, one, one, false);
+      skv = b.Tensor("seq_kv", kUidSeqKv, i32, one, one, false);
+      auto rowm = b.Tensor("row<seq_q", kUidRowM, b8, s_dims, s_str, true);
+      auto colm = b.Tensor("col<seq_kv", kUidColM, b8, s_dims, s_str, true);
+      auto pad = b.Tensor("padding mask", kUidPad, b8, s_dims, s_str, true);
+      auto s1p = b.Tensor("S padded", kUidS1P, f32, s_dims, s_str, true);
+      b.Pointwise("row<seq_q CMP_LT", CUDNN_POINTWISE_CMP_LT, b8, row, sq, nullptr, rowm);
+      b.Pointwise("col<seq_kv CMP_LT", CUDNN_POINTWISE_CMP_LT, b8, col, skv, nullptr, colm);
+      b.Pointwise("padding LOGICAL_AND", CUDNN_POINTWISE_LOGICAL_AND, b8, rowm, colm, nullptr, pad);
+      b.Pointwise("padding BINARY_SELECT", CUDNN_POINTWISE_BINARY_SELECT, f32, s1, neg_inf, pad, s1p);
+      masked_in = s1p;
+    }
     b.Pointwise("row+s_kv ADD", CUDNN_POINTWISE_ADD, i32, row, skv, nullptr, row1);
     b.Pointwise("row-s_q SUB", CUDNN_POINTWISE_SUB, i32, row1, sq, nullptr, row2);
     b.Pointwise("row>=col CMP_GE", CUDNN_POINTWISE_CMP_GE, b8, row2, col, nullptr, mask);
-    b.Pointwise("causal BINARY_SELECT", CUDNN_POINTWISE_BINARY_SELECT, f32, s1, neg_inf, mask, s2);
+    b.Pointwise("causal BINARY_SELECT", CUDNN_POINTWISE_BINARY_SELECT, f32, masked_in, neg_inf, mask, s2);
     b.Reduction("softmax max", CUDNN_REDUCE_TENSOR_MAX, s2, mx);
     b.Pointwise("softmax SUB", CUDNN_POINTWISE_SUB, f32, s2, mx, nullptr, sub);
     b.Pointwise("softmax EXP", CUDNN_POINTWISE_EXP, f32, sub, nullptr, nullptr, ex);
@@ -745,10 +773,31 @@ CudnnAttnStatus CudnnAttention::Run(DType dt, const PrefillAttnParams& p, cudaSt
   void* ptrs[] = {const_cast<void*>(p.q), const_cast<void*>(p.k), const_cast<void*>(p.v), p.out,
                   &scale, &s_kv, &s_q, &neg_inf};
   static_assert(sizeof(ptrs) / sizeof(ptrs[0]) == sizeof(kPackUids) / sizeof(kPackUids[0]));
+  static_assert(sizeof(kPackUidsPad) == sizeof(kPackUids));
+  const int64_t* uids = kPackUids;
+  if (impl_->padmask) {
+    // {seq_q, seq_kv} to the device, ordered on `stream` before the execution (a pageable
+    // source: the copy has read it when cudaMemcpyAsync returns). One stream at a time.
+    if (impl_->seq_dev == nullptr) {
+      const cudaError_t e = cudaMalloc(&impl_->seq_dev, 32);
+      if (e != cudaSuccess) {
+        impl_->seq_dev = nullptr;
+        return Fail(CudnnAttnStatus::kError, std::string("cudaMalloc of the sequence lengths: ") + cudaGetErrorString(e));
+      }
+    }
+    const int32_t seq[8] = {s_q, 0, 0, 0, s_kv, 0, 0, 0};  // 16-byte aligned slots, as declared
+    const cudaError_t e = cudaMemcpyAsync(impl_->seq_dev, seq, sizeof(seq), cudaMemcpyHostToDevice, stream);
+    if (e != cudaSuccess)
+      return Fail(CudnnAttnStatus::kError, std::string("cudnnBackendExecute (sequence lengths copy): ") + cudaGetErrorString(e));
+    uids = kPackUidsPad;
+    ptrs[5] = &neg_inf;
+    ptrs[6] = impl_->seq_dev;
+    ptrs[7] = impl_->seq_dev + 4;
+  }
   std::vector<Desc> keep;
   Builder b(&keep);
   cudnnBackendDescriptor_t vp = b.Make(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, "variant pack");
-  b.Set(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 8, kPackUids, "variant pack UNIQUE_IDS");
+  b.Set(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 8, uids, "variant pack UNIQUE_IDS");
   b.Set(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 8, ptrs, "variant pack DATA_POINTERS");
   void* ws = impl_->workspace;
   b.Set(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws, "variant pack WORKSPACE");

@@ -43,6 +43,12 @@
 //   - padded query rows i in [n, n_b) read q rows [n, n_b) (anything, even NaN) and write out rows
 //     [n, n_b): garbage rows in buffer space the caller owns (q_rows) and nobody reads; each
 //     output row depends only on its own query row, so real rows are unaffected.
+// KVR_CUDNN_PADMASK=1 (experimental, unverified on a device; read at construction): the graph
+// adds cuDNN's padding mask (row < seq_q and column < seq_kv, per-batch int32 device tensors
+// written by Run on the stream) and the causal offset comes from those tensors instead of the
+// scalars, as cudnn-frontend emits for padded batches, so that an engine which recognises it may
+// skip padded tiles; padded query rows are then fully masked (their garbage may differ). Same
+// buffer conditions; one stream at a time. A plan that does not build falls back as usual.
 // Cost of a bucket: padded query rows are computed in full (< 1/8 more rows above 512 queries);
 // padded keys cost < 1/8 more key tiles above 1024 keys unless the engine skips fully masked
 // tiles (not verified).

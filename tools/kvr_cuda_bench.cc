@@ -351,6 +351,10 @@ int main(int argc, char** argv) {
     K::FillUniform(kdt, k, static_cast<size_t>(longest) * Hkv * D, 1.f, 17, stream);
     K::FillUniform(kdt, v, static_cast<size_t>(longest) * Hkv * D, 1.f, 18, stream);
     Check(cudaStreamSynchronize(stream), "fill");
+    const char* padmask = std::getenv("KVR_CUDNN_PADMASK");
+    std::printf("serve: cuDNN graph %s\n", padmask != nullptr && padmask[0] == '1'
+                                               ? "with the padding mask (KVR_CUDNN_PADMASK=1, experimental)"
+                                               : "offset-only causal mask (default)");
     // Bucketed: cudnn_attn (bucketing on), prewarmed over the grid the runner would use.
     cudnn_attn.set_bucketing(true);
     cudnn_attn.set_verbose(false);

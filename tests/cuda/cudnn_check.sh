@@ -58,4 +58,14 @@ timeout 400 "$BUILD/tools/kvr_cuda_bench" --shape llama3-8b --layers 2 --attn ""
   --serve_lens 3001,5500,9000,12345,16000 --serve_chunk 2048 --prefill "" --decode "" --reps 5 \
   --out "$OUT/cudnn_bench_serve.json" > "$OUT/cudnn_bench_serve.log" 2>&1; echo "rc=$?" >> "$OUT/cudnn_bench_serve.log"
 grep -E "serve|rc=" "$OUT/cudnn_bench_serve.log" | cut -c1-300
+log "cudnn: padding-mask variant (KVR_CUDNN_PADMASK=1, experimental): tests, then the serving bench"
+KVR_CUDNN_PADMASK=1 KVR_CUDNN_STATIC=1 "$BUILD/tests/cuda/cuda_kernels_test" \
+  --gtest_filter='Kernels.CudnnPrefillAttention:Kernels.CudnnBucket*' > "$OUT/cudnn_test_padmask.log" 2>&1
+echo "rc=$?" >> "$OUT/cudnn_test_padmask.log"
+grep -E "summary|bucketed\]|\[ *(OK|FAILED|PASSED) *\]|rc=" "$OUT/cudnn_test_padmask.log" | cut -c1-300
+KVR_CUDNN_PADMASK=1 timeout 400 "$BUILD/tools/kvr_cuda_bench" --shape llama3-8b --layers 2 --attn "" \
+  --attn_impl mma,cudnn --serve_lens 3001,5500,9000,12345,16000 --serve_chunk 2048 --prefill "" --decode "" \
+  --reps 5 --out "$OUT/cudnn_bench_serve_padmask.json" > "$OUT/cudnn_bench_serve_padmask.log" 2>&1
+echo "rc=$?" >> "$OUT/cudnn_bench_serve_padmask.log"
+grep -E "serve|rc=" "$OUT/cudnn_bench_serve_padmask.log" | cut -c1-300
 log "cudnn: done"
