@@ -24,6 +24,7 @@ const Field kFields[] = {
     {"workers", nullptr, &ServerConfig::workers},
     {"partition", &ServerConfig::partition},
     {"topology", &ServerConfig::topology},
+    {"attn_impl", &ServerConfig::attn_impl},
     {"cpu_threads", nullptr, &ServerConfig::cpu_threads},
     {"max_queue", nullptr, &ServerConfig::max_queue},
     {"max_running", nullptr, &ServerConfig::max_running},

@@ -140,10 +140,13 @@ absl::StatusOr<Measurement> Measure(PrefillCoordinator& co, const std::vector<in
 }
 
 // Rates of the cost model, measured on GPU 0 (chunks through every layer) and between GPUs 0
-// and 1 (NCCL send/recv), fitted by least squares.
+// and 1 (NCCL send/recv), fitted by least squares on relative error (each equation divided by
+// its measured time, so the short chunks count as much as the long ones). The chunks span the
+// sizes and prefix lengths that long-prompt splits produce: up to 8k tokens, prefixes to 24k.
 absl::StatusOr<DeviceCosts> Calibrate(ModelRunner& runner, const LayerShape& shape, int gpus) {
   struct Point { int n, s; double t; };
-  std::vector<Point> pts = {{1024, 0, 0}, {4096, 0, 0}, {2048, 8192, 0}, {1024, 16384, 0}};
+  std::vector<Point> pts = {{1024, 0, 0},     {4096, 0, 0},     {8192, 0, 0},
+                            {2048, 8192, 0},  {4096, 12288, 0}, {2048, 24576, 0}};
   std::mt19937 rng(3);
   for (Point& p : pts) {
     KVR_ASSIGN_OR_RETURN(auto cache, runner.NewKvCache(p.s + p.n));
@@ -169,9 +172,11 @@ absl::StatusOr<DeviceCosts> Calibrate(ModelRunner& runner, const LayerShape& sha
     const double pairs = double(p.n) * p.s + double(p.n) * (p.n + 1) / 2;
     const double row[3] = {p.n * (shape.gemm_flops_qkv + shape.gemm_flops_rest), pairs * shape.attn_flops_per_pair, 1};
     const double y = p.t / shape.num_layers;
+    double row_w[3];
+    for (int i = 0; i < 3; ++i) row_w[i] = row[i] / y;  // relative error: divide the equation by y
     for (int i = 0; i < 3; ++i) {
-      for (int j = 0; j < 3; ++j) ata[i][j] += row[i] * row[j];
-      atb[i] += row[i] * y;
+      for (int j = 0; j < 3; ++j) ata[i][j] += row_w[i] * row_w[j];
+      atb[i] += row_w[i];
     }
   }
   // Gaussian elimination on the 3x3 normal equations.
@@ -193,7 +198,11 @@ absl::StatusOr<DeviceCosts> Calibrate(ModelRunner& runner, const LayerShape& sha
   costs.attn_flops_per_s = 1 / std::max(x[1], 1e-18);
   costs.layer_overhead_s = std::max(x[2], 0.0);
   for (const Point& p : pts) {
-    KVR_LOG(INFO) << "calibration chunk n=" << p.n << " at s=" << p.s << ": " << p.t * 1e3 << " ms";
+    const double pairs = double(p.n) * p.s + double(p.n) * (p.n + 1) / 2;
+    const double fit = shape.num_layers * (p.n * (shape.gemm_flops_qkv + shape.gemm_flops_rest) * x[0] +
+                                           pairs * shape.attn_flops_per_pair * x[1] + x[2]);
+    KVR_LOG(INFO) << "calibration chunk n=" << p.n << " at s=" << p.s << ": " << p.t * 1e3 << " ms measured, "
+                  << fit * 1e3 << " ms fitted";
   }
   if (gpus >= 2) {
     ncclComm_t comms[2];

@@ -148,7 +148,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     if (engine->backend_ == "cpu") {
       KVR_ASSIGN_OR_RETURN(runner, MakeCpuRunner(config, engine->weights_, CpuRunnerOptions{options.cpu_threads, w}));
     } else {
-      KVR_ASSIGN_OR_RETURN(runner, engine->cuda_->api().make_runner(*engine->folder_, engine->weights_, w));
+      KVR_ASSIGN_OR_RETURN(runner, engine->cuda_->api().make_runner(*engine->folder_, engine->weights_, w,
+                                                                       options.attn_impl));
       element_bytes = 2;
     }
     const MemoryReport mem = runner->memory();

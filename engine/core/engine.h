@@ -28,6 +28,7 @@ struct EngineOptions {
   int workers = 0;                  // prefill workers: 0 = every GPU, or 2 on the CPU
   std::string partition = "even";   // even | cost | table:PATH | fixed:n1,n2,...
   std::string topology = "chain";   // chain | fan-out
+  std::string attn_impl = "mma";    // CUDA prefill attention: mma | cudnn | auto (cuda_runner.h)
   int cpu_threads = 1;              // matrix-product threads per CPU worker
   bool load_tokenizer = true;       // false: token ids only
 };
