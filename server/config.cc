@@ -24,6 +24,7 @@ const Field kFields[] = {
     {"workers", nullptr, &ServerConfig::workers},
     {"partition", &ServerConfig::partition},
     {"topology", &ServerConfig::topology},
+    {"attn_impl", &ServerConfig::attn_impl},
     {"cpu_threads", nullptr, &ServerConfig::cpu_threads},
     {"max_queue", nullptr, &ServerConfig::max_queue},
     {"max_running", nullptr, &ServerConfig::max_running},
@@ -71,6 +72,8 @@ absl::Status ServerConfig::Validate() const {
   if (backend != "auto" && backend != "cpu" && backend != "cuda")
     return bad("backend", absl::StrCat("\"", backend, "\" is not one of auto, cpu, cuda"));
   if (workers < 0) return bad("workers", "must be >= 0 (0 = all GPUs, or 2 on the CPU)");
+  if (attn_impl != "mma" && attn_impl != "cudnn" && attn_impl != "auto")
+    return bad("attn_impl", absl::StrCat("\"", attn_impl, "\" is not one of mma, cudnn, auto"));
   if (cpu_threads < 1) return bad("cpu_threads", "must be >= 1");
   if (max_queue < 1) return bad("max_queue", "must be >= 1");
   if (max_running < 1) return bad("max_running", "must be >= 1");

@@ -24,6 +24,9 @@ ABSL_FLAG(std::string, partition, "even",
           "prefill split planner: even, cost (cost model), table:PATH (KVR-P split table, e.g. "
           "config/splits/h200.json; the cost model where it has no entry), fixed:n1,n2,...");
 ABSL_FLAG(std::string, topology, "chain", "KV-Runahead transfer topology: chain or fan-out");
+ABSL_FLAG(std::string, attn_impl, "mma",
+          "CUDA prefill attention: mma (kvr's kernel), cudnn (cuDNN fused attention; our kernel where "
+          "cuDNN cannot), auto");
 ABSL_FLAG(int, cpu_threads, 1, "matrix-product threads per CPU worker");
 ABSL_FLAG(int, max_queue, 64, "requests waiting for prefill; beyond it RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_running, 32, "requests decoding at once (continuous batching)");
@@ -62,6 +65,7 @@ kvr::ServerConfig FromFlags() {
   c.workers = absl::GetFlag(FLAGS_workers);
   c.partition = absl::GetFlag(FLAGS_partition);
   c.topology = absl::GetFlag(FLAGS_topology);
+  c.attn_impl = absl::GetFlag(FLAGS_attn_impl);
   c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   c.max_queue = absl::GetFlag(FLAGS_max_queue);
   c.max_running = absl::GetFlag(FLAGS_max_running);

@@ -43,6 +43,7 @@
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
 #include "engine/cuda/tensor_parallel.h"
+#include "engine/prefill/calibration.h"
 #include "engine/prefill/coordinator.h"
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/setup_key.h"
@@ -139,62 +140,16 @@ absl::StatusOr<Measurement> Measure(PrefillCoordinator& co, const std::vector<in
   return m;
 }
 
-// Rates of the cost model, measured on GPU 0 (chunks through every layer) and between GPUs 0
-// and 1 (NCCL send/recv), fitted by least squares.
+// Rates of the cost model: compute on GPU 0 (engine/prefill/calibration.h), the link between
+// GPUs 0 and 1 by NCCL send/recv of a small and a large message.
 absl::StatusOr<DeviceCosts> Calibrate(ModelRunner& runner, const LayerShape& shape, int gpus) {
-  struct Point { int n, s; double t; };
-  std::vector<Point> pts = {{1024, 0, 0}, {4096, 0, 0}, {2048, 8192, 0}, {1024, 16384, 0}};
-  std::mt19937 rng(3);
-  for (Point& p : pts) {
-    KVR_ASSIGN_OR_RETURN(auto cache, runner.NewKvCache(p.s + p.n));
-    std::vector<int32_t> tokens(p.n);
-    for (auto& t : tokens) t = rng() % runner.config().vocab_size;
-    std::vector<double> runs;
-    for (int rep = 0; rep < 4; ++rep) {
-      KVR_RETURN_IF_ERROR(runner.Synchronize());
-      const auto t0 = SteadyClock::now();
-      KVR_ASSIGN_OR_RETURN(auto chunk, runner.BeginChunk(tokens, p.s, *cache));
-      for (int l = 0; l < shape.num_layers; ++l) {
-        KVR_RETURN_IF_ERROR(runner.LayerQkv(*chunk, l));
-        KVR_RETURN_IF_ERROR(runner.LayerAttnMlp(*chunk, l));
-      }
-      KVR_RETURN_IF_ERROR(runner.Synchronize());
-      if (rep > 0) runs.push_back(SecondsSince(t0));
-    }
-    p.t = Median(runs);
-  }
-  // t / L = n * G * g + pairs * A * a + o, unknowns g = 1/gemm_rate, a = 1/attn_rate, o.
-  double ata[3][3] = {}, atb[3] = {};
-  for (const Point& p : pts) {
-    const double pairs = double(p.n) * p.s + double(p.n) * (p.n + 1) / 2;
-    const double row[3] = {p.n * (shape.gemm_flops_qkv + shape.gemm_flops_rest), pairs * shape.attn_flops_per_pair, 1};
-    const double y = p.t / shape.num_layers;
-    for (int i = 0; i < 3; ++i) {
-      for (int j = 0; j < 3; ++j) ata[i][j] += row[i] * row[j];
-      atb[i] += row[i] * y;
-    }
-  }
-  // Gaussian elimination on the 3x3 normal equations.
-  for (int i = 0; i < 3; ++i) {
-    for (int r = i + 1; r < 3; ++r) {
-      const double f = ata[r][i] / ata[i][i];
-      for (int c = i; c < 3; ++c) ata[r][c] -= f * ata[i][c];
-      atb[r] -= f * atb[i];
-    }
-  }
-  double x[3];
-  for (int i = 2; i >= 0; --i) {
-    double v = atb[i];
-    for (int c = i + 1; c < 3; ++c) v -= ata[i][c] * x[c];
-    x[i] = v / ata[i][i];
-  }
-  DeviceCosts costs;
-  costs.gemm_flops_per_s = 1 / std::max(x[0], 1e-18);
-  costs.attn_flops_per_s = 1 / std::max(x[1], 1e-18);
-  costs.layer_overhead_s = std::max(x[2], 0.0);
-  for (const Point& p : pts) {
-    KVR_LOG(INFO) << "calibration chunk n=" << p.n << " at s=" << p.s << ": " << p.t * 1e3 << " ms";
-  }
+  KVR_ASSIGN_OR_RETURN(Calibration cal,
+                       CalibrateCompute(runner, shape, DeviceCosts{}, runner.config().max_position, {},
+                                        [](int done, int total) {
+                                          KVR_LOG(INFO) << "calibration chunk " << done << "/" << total;
+                                        }));
+  KVR_LOG(INFO) << "compute calibration: " << cal.ToString();
+  DeviceCosts costs = cal.costs;
   if (gpus >= 2) {
     ncclComm_t comms[2];
     int devs[2] = {0, 1};

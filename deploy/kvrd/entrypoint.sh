@@ -26,7 +26,7 @@ set -- "$@" --model="$model" \
   --listen="${KVR_LISTEN:-0.0.0.0:50051}" --metrics_listen="${KVR_METRICS_LISTEN:-0.0.0.0:9464}"
 config=${KVR_CONFIG-/etc/kvr/kvrd.json}
 if [ -n "$config" ]; then set -- "$@" --config="$config"; fi
-for name in backend workers partition topology cpu_threads max_queue max_running max_model_len \
+for name in backend workers partition topology attn_impl cpu_threads max_queue max_running max_model_len \
             decode_steps_per_prefill shutdown_timeout_s; do
   var=KVR_$(echo "$name" | tr '[:lower:]' '[:upper:]')
   eval "value=\${$var:-}"

@@ -23,8 +23,10 @@ namespace kvr {
 
 struct CudaBackendApi {
   int (*device_count)();  // 0, never an error, without a driver or a GPU
+  // attn_impl: the prefill attention kernel, "mma", "cudnn" or "auto" (engine/cuda/cuda_runner.h).
   absl::StatusOr<std::unique_ptr<ModelRunner>> (*make_runner)(const ModelFolder& folder,
-                                                              const ModelWeights& weights, int device);
+                                                              const ModelWeights& weights, int device,
+                                                              const std::string& attn_impl);
   absl::StatusOr<std::unique_ptr<ChainFabric>> (*make_fabric)(int devices);  // NCCL point-to-point
   void (*select_device)(int device);  // on a worker thread, before its first CUDA call
 };

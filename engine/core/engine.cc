@@ -8,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/core/cuda_backend.h"
 #include "engine/cpu/cpu_runner.h"
+#include "engine/prefill/calibration.h"
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/inproc_transport.h"
 #include "engine/prefill/setup_key.h"
@@ -39,21 +40,47 @@ DeviceCosts DefaultCosts(const std::string& backend) {
   return c;
 }
 
+// The cost model's compute rates measured on worker 0 (on its thread, so on its device); null,
+// with a warning, if calibration fails (the planner then uses typical rates).
+std::unique_ptr<DeviceCosts> CalibrateOnWorker0(Engine& engine, const ModelConfig& config, int element_bytes) {
+  const auto t0 = SteadyClock::now();
+  KVR_LOG(INFO) << "calibrating the prefill cost model on worker 0 (chunks of up to 8k tokens through every "
+                   "layer; partition even or fixed skips this)";
+  absl::StatusOr<Calibration> cal;
+  const absl::Status run = engine.coordinator().RunOn(0, [&] {
+    cal = CalibrateCompute(engine.runner(0), LayerShape::Of(config, element_bytes), DefaultCosts("cuda"),
+                           config.max_position, {}, [](int done, int total) {
+                             KVR_LOG(INFO) << "calibration: chunk " << done << " of " << total << " done";
+                           });
+    return cal.status();
+  });
+  if (!run.ok()) {
+    KVR_LOG(WARNING) << "cost-model calibration failed (" << run.message()
+                     << "); planning with typical rates instead";
+    return nullptr;
+  }
+  KVR_LOG(INFO) << "calibrated in " << SecondsSince(t0) << " s: " << cal->ToString();
+  return std::make_unique<DeviceCosts>(cal->costs);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
                                                      const ModelConfig& config, int element_bytes,
-                                                     const std::string& setup, int workers) {
+                                                     const std::string& setup, int workers,
+                                                     const DeviceCosts* calibrated) {
+  const DeviceCosts costs =
+      calibrated != nullptr ? *calibrated : DefaultCosts(element_bytes == 4 ? "cpu" : "cuda");
   if (partition == "even") return std::unique_ptr<Planner>(new EvenPlanner(topology));
   if (partition == "cost" || partition == "cost-cpu") {
     return std::unique_ptr<Planner>(new CostModelPlanner(
-        LayerShape::Of(config, element_bytes), DefaultCosts(partition == "cost-cpu" ? "cpu" : "cuda"), topology));
+        LayerShape::Of(config, element_bytes),
+        partition == "cost-cpu" && calibrated == nullptr ? DefaultCosts("cpu") : costs, topology));
   }
   if (absl::StartsWith(partition, "table:")) {
     const std::string path = partition.substr(6);
     KVR_ASSIGN_OR_RETURN(SplitTable table, SplitTable::Load(path));
-    auto fallback = std::make_shared<CostModelPlanner>(LayerShape::Of(config, element_bytes),
-                                                       DefaultCosts(element_bytes == 4 ? "cpu" : "cuda"), topology);
+    auto fallback = std::make_shared<CostModelPlanner>(LayerShape::Of(config, element_bytes), costs, topology);
     auto planner = std::make_unique<TablePlanner>(std::move(table), setup, topology, fallback);
     if (planner->Covers(workers)) {
       KVR_LOG(INFO) << "partition: searched splits for " << setup << " from " << path
@@ -148,7 +175,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     if (engine->backend_ == "cpu") {
       KVR_ASSIGN_OR_RETURN(runner, MakeCpuRunner(config, engine->weights_, CpuRunnerOptions{options.cpu_threads, w}));
     } else {
-      KVR_ASSIGN_OR_RETURN(runner, engine->cuda_->api().make_runner(*engine->folder_, engine->weights_, w));
+      KVR_ASSIGN_OR_RETURN(runner, engine->cuda_->api().make_runner(*engine->folder_, engine->weights_, w,
+                                                                       options.attn_impl));
       element_bytes = 2;
     }
     const MemoryReport mem = runner->memory();
@@ -169,7 +197,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   const std::string setup =
       SetupKey(ShapeName(config), workers, CardName(engine->runners_[0]->device_name()),
                engine->backend_ == "cpu" ? "inproc" : GpuLinkName());
-  KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes, setup, workers));
+  std::unique_ptr<DeviceCosts> calibrated;
+  if (engine->backend_ == "cuda" && options.calibrate &&
+      (options.partition == "cost" || absl::StartsWith(options.partition, "table:"))) {
+    calibrated = CalibrateOnWorker0(*engine, config, element_bytes);
+  }
+  KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes, setup,
+                                                     workers, calibrated.get()));
   KVR_LOG(INFO) << "engine ready in " << SecondsSince(t0) << " s: partition " << engine->planner_->name()
                 << ", topology " << TopologyName(topology);
   return engine;

@@ -14,6 +14,7 @@
 #include "engine/model/model_folder.h"
 #include "engine/model/model_weights.h"
 #include "engine/prefill/coordinator.h"
+#include "engine/prefill/cost_model.h"
 #include "engine/prefill/planner.h"
 #include "engine/runtime/model_runner.h"
 
@@ -28,6 +29,10 @@ struct EngineOptions {
   int workers = 0;                  // prefill workers: 0 = every GPU, or 2 on the CPU
   std::string partition = "even";   // even | cost | table:PATH | fixed:n1,n2,...
   std::string topology = "chain";   // chain | fan-out
+  std::string attn_impl = "mma";    // CUDA prefill attention: mma | cudnn | auto (cuda_runner.h)
+  // CUDA backend with partition cost or table: measure the cost model's compute rates on GPU 0
+  // at load (engine/prefill/calibration.h, a few seconds) instead of using typical H100 rates.
+  bool calibrate = true;
   int cpu_threads = 1;              // matrix-product threads per CPU worker
   bool load_tokenizer = true;       // false: token ids only
 };
@@ -72,6 +77,7 @@ class Engine {
 // workers x card, link) and `workers` select the curve of a table:PATH split table.
 absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
                                                      const ModelConfig& config, int element_bytes,
-                                                     const std::string& setup = "", int workers = 1);
+                                                     const std::string& setup = "", int workers = 1,
+                                                     const DeviceCosts* calibrated = nullptr);
 
 }  // namespace kvr

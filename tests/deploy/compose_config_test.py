@@ -71,8 +71,8 @@ def main():
     env = kvrd.get("environment", {})
     check(env.get("KVR_CONFIG") == "/etc/kvr/kvrd.json" and any(":/etc/kvr/kvrd.json:ro" in v for v in vols),
           "kvrd reads the mounted config file /etc/kvr/kvrd.json")
-    check(env.get("KVR_PARTITION") == "cost" and env.get("KVR_BACKEND") == "cuda",
-          f"settings from .env reach kvrd's environment: {env}")
+    check(env.get("KVR_BACKEND") == "cuda" and env.get("KVR_PARTITION") in ("", None),
+          f"settings from .env reach kvrd's environment (KVR_PARTITION empty: kvrd.json's split table): {env}")
     ports = kvrd.get("ports", [])
     check(any(str(p).endswith(":50051/tcp") or str(p).endswith(":50051") for p in ports) and
           any(str(p).split(":")[-1].startswith("9464") for p in ports), f"kvrd publishes 50051 and 9464: {ports}")

@@ -8,8 +8,10 @@ namespace {
 const kvr::CudaBackendApi kApi = {
     /*device_count=*/[] { return kvr::CudaDeviceCount(); },
     /*make_runner=*/
-    [](const kvr::ModelFolder& folder, const kvr::ModelWeights& weights, int device) {
-      return kvr::MakeCudaRunner(folder, weights, device, kvr::CudaRunnerOptions{});
+    [](const kvr::ModelFolder& folder, const kvr::ModelWeights& weights, int device, const std::string& attn_impl) {
+      kvr::CudaRunnerOptions options;
+      options.attn_impl = attn_impl;
+      return kvr::MakeCudaRunner(folder, weights, device, options);
     },
     /*make_fabric=*/[](int devices) { return kvr::MakeNcclFabric(devices); },
     /*select_device=*/[](int device) { kvr::SelectCudaDevice(device); },
