@@ -11,6 +11,7 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -219,7 +220,7 @@ class CudaRunner : public ModelRunner {
         cudnn_attn_.reset();
       }
     }
-    if (cudnn_attn_ && opt_.cudnn_prewarm_tokens > 0) PrewarmCudnn();
+    if (cudnn_attn_) PrewarmCudnn();
     const std::vector<float> inv = RopeInverseFrequencies(cfg_.rope, cfg_.head_dim);
     KVR_CU(cudaMalloc(&inv_freq_, inv.size() * sizeof(float)));
     KVR_CU(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -392,11 +393,16 @@ class CudaRunner : public ModelRunner {
   // Builds the cuDNN plans of the chunk buckets this model will meet (options), logging progress
   // every 5 s and the total. A failure leaves those shapes to our kernel (never fatal).
   void PrewarmCudnn() {
+    int max_N = opt_.cudnn_prewarm_tokens;
+    if (max_N == 0) {  // kvrd has no flag for it yet: the environment may ask
+      if (const char* e = std::getenv("KVR_CUDNN_PREWARM_TOKENS"); e != nullptr) max_N = std::atoi(e);
+    }
+    if (max_N < 0) max_N = cfg_.max_position;  // -1: up to the model's context
+    if (max_N <= 0) return;
     if (cfg_.sliding_window > 0) {
       KVR_LOG(INFO) << name_ << ": no cuDNN prewarm: the sliding window runs the mma kernel";
       return;
     }
-    int max_N = opt_.cudnn_prewarm_tokens;
     if (cfg_.max_position > 0) max_N = std::min(max_N, cfg_.max_position);
     const auto grid = K::CudnnAttention::BucketGrid(opt_.cudnn_prewarm_min_chunk, opt_.cudnn_prewarm_max_chunk, max_N);
     KVR_LOG(INFO) << name_ << ": building " << grid.size() << " cuDNN attention plans (chunks of "

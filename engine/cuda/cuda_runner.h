@@ -54,8 +54,10 @@ struct CudaRunnerOptions {
   std::string attn_impl = "mma";
   // With cudnn or auto: build cuDNN plans at load (CudnnAttention::Prewarm) for every bucket
   // (BucketGrid) of chunks of [cudnn_prewarm_min_chunk, cudnn_prewarm_max_chunk] queries and up
-  // to cudnn_prewarm_tokens keys (capped at the model's max_position when that is known).
-  // 0 = no prewarm. Costs about 50 ms per plan (the log says how many and the total time).
+  // to cudnn_prewarm_tokens keys (capped at the model's max_position when that is known; -1: up
+  // to max_position). 0 = no prewarm unless KVR_CUDNN_PREWARM_TOKENS is set in the environment
+  // (the same meaning; kvrd has no flag for it yet). Costs about 50 ms per plan (the log says
+  // how many and the total time), per runner: each GPU worker prewarms its own.
   int cudnn_prewarm_tokens = 0;
   int cudnn_prewarm_min_chunk = 512;   // kernels::kAutoMinQueries
   int cudnn_prewarm_max_chunk = 4096;
