@@ -48,9 +48,9 @@ struct CudaRunnerOptions {
   // a warning) or "auto" (cuDNN for chunks of >= 512 queries whose bucketed plan is built or
   // which have >= 2048 queries, ours elsewhere, silently; PrefillAttentionWith). Ours until
   // measured. With cudnn or auto, each KV-cache is zeroed at allocation (cudaMemsetAsync of the
-  // whole cache, ~2 x bytes / HBM bandwidth, e.g. ~6 ms for 8 GiB on H200) so that bucketed
-  // plans may read rows past a sequence's keys, and the chunk's query/output buffers have
-  // bucket-many rows.
+  // whole cache: bytes / HBM write bandwidth, ~2-3 ms per 8 GiB on H200, an estimate, not
+  // measured; plus a wait for the compute stream) so that bucketed plans may read rows past a
+  // sequence's keys, and the chunk's query/output buffers have bucket-many rows.
   std::string attn_impl = "mma";
   // With cudnn or auto: build cuDNN plans at load (CudnnAttention::Prewarm) for every bucket
   // (BucketGrid) of chunks of [cudnn_prewarm_min_chunk, cudnn_prewarm_max_chunk] queries and up
