@@ -360,6 +360,8 @@ int main(int argc, char** argv) {
     cudnn_attn.set_verbose(false);
     const auto grid = K::CudnnAttention::BucketGrid(K::kAutoMinQueries, serve_chunk, longest);
     K::CudnnAttention::PrewarmReport rep;
+    size_t free0 = 0, free1 = 0, total_mem = 0;
+    cudaMemGetInfo(&free0, &total_mem);
     const K::CudnnAttnStatus pst = cudnn_attn.Prewarm(kdt, Hq, Hkv, D, grid, [](int done, int total, double ms) {
       if (done % 50 == 0 || done == total) std::printf("serve: prewarm %d/%d plans, %.1f s\n", done, total, ms / 1000);
     }, &rep);
@@ -368,8 +370,12 @@ int main(int argc, char** argv) {
                 grid.size(), K::kAutoMinQueries, serve_chunk, longest, rep.built, rep.cached, rep.failed, rep.skipped,
                 rep.total_ms / 1000, rep.built > 0 ? rep.total_ms / rep.built : 0.0, pst.ok() ? "" : ": ",
                 pst.message.c_str());
+    cudaMemGetInfo(&free1, &total_mem);
+    const double plan_mib = (static_cast<double>(free0) - static_cast<double>(free1)) / (1 << 20);
+    std::printf("serve: device memory taken by the prewarmed plans (free before - after, workspace included): "
+                "%.1f MiB\n", plan_mib);
     out["serve_prewarm"] = {{"buckets", grid.size()}, {"built", rep.built}, {"failed", rep.failed},
-                            {"total_ms", rep.total_ms}, {"error", rep.first_error}};
+                            {"total_ms", rep.total_ms}, {"device_mib", plan_mib}, {"error", rep.first_error}};
     // Exact: a separate object, bucketing off (every new (n, N) builds a plan).
     K::CudnnAttention exact;
     const K::CudnnAttnStatus est = exact.Init();
