@@ -9,16 +9,18 @@
 //
 // Legend: n = queries in the chunk, s = prefix length, N = s + n keys, cap = cache capacity
 // (rows), Hq / Hkv = query / key-value heads, D = head size.
+// (n_p, N_p) = the plan's dims: (n, N) for an exact plan, the bucket (n_b, N_b) otherwise.
 // Layouts (row-major, element T = bf16 or fp16):
-//   q   (n, Hq, D)      cuDNN (b, h, s, d) dims (1, Hq, n, D)  strides (n*Hq*D, D, Hq*D, 1)
-//   K   (cap, Hkv, D)   rows [0, N) read; the first product reads it as K^T:
-//                       dims (1, Hkv, D, N) strides (N*Hkv*D, D, 1, Hkv*D)
-//   V   (cap, Hkv, D)   dims (1, Hkv, N, D) strides (N*Hkv*D, D, Hkv*D, 1)
-//   out (n, Hq, D)      like q
-// Exact plans read only rows [0, N) of K and V. Bucketed plans (below) read more.
+//   q   (q_rows, Hq, D)  rows [0, n) real; cuDNN (b, h, s, d) dims (1, Hq, n_p, D)
+//                        strides (n_p*Hq*D, D, Hq*D, 1)
+//   K   (cap, Hkv, D)    rows [0, N_p) read; the first product reads it as K^T:
+//                        dims (1, Hkv, D, N_p) strides (N_p*Hkv*D, D, 1, Hkv*D)
+//   V   (cap, Hkv, D)    dims (1, Hkv, N_p, D) strides (N_p*Hkv*D, D, Hkv*D, 1)
+//   out (q_rows, Hq, D)  like q; rows [n, n_p) are overwritten with garbage
+// Exact plans read only rows [0, N) of K and V and [0, n) of q. Bucketed plans (below) read more.
 //
-// The graph (the pattern cuDNN fuses into one flash-attention kernel, inference form), with the
-// plan's dims (n_p, N_p) (the chunk's (n, N) for an exact plan, its bucket otherwise):
+// The graph (the pattern cuDNN fuses into one flash-attention kernel, inference form), in the
+// plan's dims (n_p, N_p):
 //   S = Q K^T (fp32) -> S * scale -> causal mask: row index (axis 2) + s_kv - s_q >= column index
 //   (axis 3), else -inf (GEN_INDEX, ADD, SUB, CMP_GE, BINARY_SELECT) -> softmax (max, sub, exp,
 //   sum, div; the log-sum-exp statistic is computed into a virtual tensor, as the frontend does)
