@@ -31,7 +31,7 @@ for i in $(seq 1 180); do
   kill -0 $KVRD 2>/dev/null || break
   sleep 1
 done
-grep -E "ready|backend|GPU|error|Error" "$OUT/kvrd.log" | head -12 | tee -a "$OUT/daemon_summary.txt"
+grep -E "ready|backend|GPU|error|Error|calibrat|partition|cudnn" "$OUT/kvrd.log" | head -24 | tee -a "$OUT/daemon_summary.txt"
 if ! grep -q "kvrd ready" "$OUT/kvrd.log"; then say "kvrd did not become ready"; tail -20 "$OUT/kvrd.log"; kill $KVRD; exit 1; fi
 say "kvr-load: $STREAMS streams, $PROMPT-token prompts, $MAX_TOKENS tokens each"
 LD_LIBRARY_PATH=$LIBS timeout 300 $D/bin/kvr-load --target 127.0.0.1:50051 --streams $STREAMS \
