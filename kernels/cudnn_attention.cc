@@ -294,7 +294,7 @@ struct CudnnAttention::Impl {
   size_t max_workspace = 0;
   void* workspace = nullptr;
   bool verbose = false;
-  bool bucketing = !EnvIsOne("KVR_CUDNN_EXACT");
+  bool bucketing = EnvIsOne("KVR_CUDNN_BUCKETS");  // off by default: see the header
   // KVR_CUDNN_PADMASK=1 (experimental, for measurement): the graph adds cuDNN's padding mask
   // (row < seq_q and column < seq_kv, per-batch device int32 tensors) and takes the causal
   // offset from those tensors, as the frontend does for padded batches, so that an engine which

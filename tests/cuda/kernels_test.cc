@@ -472,6 +472,10 @@ TEST(Kernels, CudnnBuckets) {
 // fallbacks to exact dims (bucket past the cache capacity, past the query buffer, tail not
 // declared finite), Prewarm and the kAuto policy.
 TEST(Kernels, CudnnBucketedPrefillAttention) {
+  if (std::getenv("KVR_CUDNN_BUCKETS") == nullptr || std::string(std::getenv("KVR_CUDNN_BUCKETS")) != "1") {
+    GTEST_SKIP() << "bucketed cuDNN plans are off (measured wrong on cuDNN 9.14, see cudnn_attention.h); "
+                    "KVR_CUDNN_BUCKETS=1 runs this test";
+  }
   CudnnAttention cudnn;
   const CudnnAttnStatus init = cudnn.Init();
   ASSERT_TRUE(init.ok()) << "CudnnAttention::Init: " << init.message;

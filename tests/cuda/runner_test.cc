@@ -189,6 +189,10 @@ TEST(CudaRunner, CudnnAttentionMatchesMma) {
 // attn_impl = cudnn on a cache exactly as long as the prompt: the first chunks use key buckets,
 // the last two (N = 1800, 1837; bucket 1920 > capacity) exact keys.
 TEST(CudaRunner, CudnnBucketedPrewarmedMatchesMma) {
+  if (std::getenv("KVR_CUDNN_BUCKETS") == nullptr || std::string(std::getenv("KVR_CUDNN_BUCKETS")) != "1") {
+    GTEST_SKIP() << "bucketed cuDNN plans are off (measured wrong on cuDNN 9.14, see kernels/cudnn_attention.h); "
+                    "KVR_CUDNN_BUCKETS=1 runs this test";
+  }
   for (const Variant& v : Variants()) {
     SCOPED_TRACE(v.name);
     CudaRunnerOptions opt;
