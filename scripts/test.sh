@@ -9,14 +9,13 @@
 #   KVR_SKIP_SANITIZE=1 scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 SANITIZE=1
+if [ "${KVR_SKIP_SANITIZE:-0}" = 1 ]; then SANITIZE=0; fi
 if [ "${1:-}" = "--no-sanitize" ]; then
   SANITIZE=0
   shift
 fi
-if [ "${KVR_SKIP_SANITIZE:-0}" = 1 ]; then SANITIZE=0; fi
-
-scripts/install-deps.sh
 BUILD_DIR=${KVR_BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo ${KVR_CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$(nproc)"
