@@ -1,5 +1,7 @@
 #include "engine/prefill/coordinator.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "engine/prefill/chain_worker.h"
@@ -7,6 +9,13 @@
 #include "engine/util/status_macros.h"
 
 namespace kvr {
+namespace {
+
+// After the watchdog aborts the fabric, how long the positions get to return before a stuck one
+// is left behind (at most the timeout itself): waking on an abort takes milliseconds.
+constexpr absl::Duration kAbortGrace = absl::Seconds(5);
+
+}  // namespace
 
 PrefillCoordinator::PrefillCoordinator(std::vector<ModelRunner*> runners,
                                        std::unique_ptr<ChainFabric> fabric,
@@ -76,7 +85,7 @@ absl::Status PrefillCoordinator::RunOnPositions(int count, const PositionFn& fn,
         ": the prefill was aborted"));
     fabric_->Abort(status);
     // The others wake on the abort; a worker stuck for good is left behind (see the header).
-    if (!progress->WaitFinished(prefill_timeout_)) {
+    if (!progress->WaitFinished(std::min(prefill_timeout_, kAbortGrace))) {
       stuck_jobs_ = progress;
       stuck_description_ = who;
     }

@@ -57,10 +57,10 @@ class PrefillCoordinator {
   // The prefill watchdog: a chain position that makes no progress (no layer started, no K/V
   // received, no job finished) for `timeout` fails the prefill with DEADLINE_EXCEEDED naming the
   // worker, its chain position and layer; the fabric is aborted so that the other positions wake.
-  // A worker still stuck after a further `timeout` is left to finish on its own thread (the
-  // prefill's state stays alive until it does); until it has, Run refuses new prefills with
-  // UNAVAILABLE naming it (its fabric endpoint and device are still in use). Zero or negative:
-  // off (the default). Set before the first Run.
+  // A worker still stuck min(timeout, 5 s) after the abort is left to finish on its own thread
+  // (the prefill's state stays alive until it does) and Run returns; until that worker has
+  // finished, Run refuses new prefills with UNAVAILABLE naming it (its fabric endpoint and device
+  // are still in use). Zero or negative: off (the default). Set before the first Run.
   void set_prefill_timeout(absl::Duration timeout) { prefill_timeout_ = timeout; }
   absl::Duration prefill_timeout() const { return prefill_timeout_; }
 
