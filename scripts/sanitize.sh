@@ -35,7 +35,7 @@ if [ "$SAN" = thread ]; then
 fi
 
 # -O1: sanitizer reports keep usable stacks, and the fp32 reference loops stay fast enough.
-# -g1: line tables for the reports' stacks, without full debug info (much faster to compile).
+# -g1: line tables for the reports' stacks, without full debug info (less to compile and link).
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKVR_CUDA=OFF -DKVR_SERVER=OFF \
   -DKVR_SANITIZE="$SAN" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1 $EXTRA_FLAGS" \
   -DCMAKE_C_FLAGS_DEBUG="-O1 -g1 $EXTRA_FLAGS" "${PREFIX_ARGS[@]}" >/dev/null
