@@ -39,6 +39,7 @@ const Field kFields[] = {
     {"max_message_bytes", nullptr, &ServerConfig::max_message_bytes},
     {"max_prompt_bytes", nullptr, &ServerConfig::max_prompt_bytes},
     {"unhealthy_after_failures", nullptr, &ServerConfig::unhealthy_after_failures},
+    {"prefill_timeout_s", nullptr, &ServerConfig::prefill_timeout_s},
 };
 
 std::string AllowedKeys() {
@@ -92,6 +93,7 @@ absl::Status ServerConfig::Validate() const {
   if (max_prompt_bytes < 1) return bad("max_prompt_bytes", "must be >= 1");
   if (unhealthy_after_failures < 0)
     return bad("unhealthy_after_failures", "must be >= 0 (0 = health ignores backend failures)");
+  if (prefill_timeout_s < 0) return bad("prefill_timeout_s", "must be >= 0 (0 = no prefill watchdog)");
   return absl::OkStatus();
 }
 

@@ -37,6 +37,7 @@ struct ServerConfig {
   int max_message_bytes = 8 << 20;         // largest gRPC message received
   int max_prompt_bytes = 4 << 20;          // largest text prompt (Generate, Tokenize)
   int unhealthy_after_failures = 3;        // backend failures in a row that turn health NOT_SERVING
+  int prefill_timeout_s = 300;             // prefill watchdog: no progress this long fails it; 0 = off
   std::string config;                      // the JSON file these came from, if any
 
   // Every key of the JSON form, in order.

@@ -143,6 +143,7 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
     return 2;
   }
 
+  engine->coordinator().set_prefill_timeout(absl::Seconds(c.prefill_timeout_s));
   DaemonExecutor executor(engine.get(), c.testing_decode_delay_ms);
   Metrics metrics(engine->num_workers());
   absl::StatusOr<int> metrics_port = metrics.Serve(c.metrics_listen);

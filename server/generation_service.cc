@@ -19,6 +19,14 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 namespace {
 
+// A failure of the backend after admission, which health counts (ServiceOptions): a worker
+// error, or the prefill watchdog (a stuck worker, or one still stuck from an earlier prefill).
+bool IsBackendFailure(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInternal ||
+         status.code() == absl::StatusCode::kDeadlineExceeded ||
+         status.code() == absl::StatusCode::kUnavailable;
+}
+
 // The tokenizer's incremental decoder behind the scheduler's TextDecoder.
 class TokenizerTextDecoder : public TextDecoder {
  public:
@@ -232,7 +240,7 @@ class StreamSink : public RequestSink {
     state_->Enqueue(std::move(msg), true, grpc::Status::OK);
   }
   void OnError(absl::Status status) override {
-    if (status.code() == absl::StatusCode::kInternal) service_->OnBackendResult(false);
+    if (IsBackendFailure(status)) service_->OnBackendResult(false);
     v1::GenerateResponse msg;
     msg.mutable_error()->set_code(static_cast<int>(status.code()));
     msg.mutable_error()->set_message(std::string(status.message()));

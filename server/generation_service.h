@@ -32,7 +32,8 @@ struct ServiceOptions {
   // ends with UNAUTHENTICATED before anything else is looked at.
   std::string auth_token;
   // Backend health: after this many requests in a row failed in the backend (INTERNAL: a worker
-  // error) with none served in between, set_serving(false) turns health NOT_SERVING; the next
+  // error; DEADLINE_EXCEEDED: the prefill watchdog gave up on a stuck worker; UNAVAILABLE: a
+  // prefill refused while that worker is still stuck) with none served in between, set_serving(false) turns health NOT_SERVING; the next
   // request served turns it back (set_serving(true)). 0: off. set_serving may be null.
   int unhealthy_after_failures = 3;
   std::function<void(bool)> set_serving;

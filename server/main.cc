@@ -46,6 +46,9 @@ ABSL_FLAG(int, max_prompt_bytes, 4 << 20,
           "largest text prompt in bytes, refused with INVALID_ARGUMENT before tokenizing");
 ABSL_FLAG(int, unhealthy_after_failures, 3,
           "requests failing in the backend in a row that turn health NOT_SERVING (0 = off)");
+ABSL_FLAG(int, prefill_timeout_s, 300,
+          "a prefill whose worker makes no progress this long fails with DEADLINE_EXCEEDED naming "
+          "the worker and layer (the transport is aborted); 0 = off");
 ABSL_FLAG(std::string, config, "", "JSON file with any of these flags' keys");
 
 namespace {
@@ -80,6 +83,7 @@ kvr::ServerConfig FromFlags() {
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   c.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
   c.unhealthy_after_failures = absl::GetFlag(FLAGS_unhealthy_after_failures);
+  c.prefill_timeout_s = absl::GetFlag(FLAGS_prefill_timeout_s);
   return c;
 }
 

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -140,7 +142,9 @@ class CpuRunner : public ModelRunner {
   // xn = norm(x); [q | k | v] = xn @ wqkv^T; rotary on q and k; K/V rows [start, start+T) -> cache.
   absl::Status LayerQkv(ChunkState& state, int layer) override {
     auto& c = static_cast<CpuChunk&>(state);
-    if (c.fault && layer == options_.fail_at_layer) {
+    if (c.fault && layer == options_.fail_at_layer && options_.hang_seconds > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(options_.hang_seconds));
+    } else if (c.fault && layer == options_.fail_at_layer) {
       return absl::InternalError(absl::StrCat("cpu worker ", options_.device_index,
                                               ": injected fault at layer ", layer, " (testing)"));
     }
@@ -276,16 +280,19 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCpuRunner(const ModelConfig& co
   }
   CpuRunnerOptions o = options;
   if (o.fail_at_layer < 0) {
-    // Fault injection for tests of the daemon: KVR_TESTING_CPU_FAULT=worker:layer[:token].
+    // Fault injection for tests of the daemon: KVR_TESTING_CPU_FAULT=worker:layer[:token[:hang]].
     if (const char* env = std::getenv("KVR_TESTING_CPU_FAULT"); env != nullptr && *env != '\0') {
       int worker = -1, layer = -1, token = -1;
-      if (std::sscanf(env, "%d:%d:%d", &worker, &layer, &token) < 2 || layer < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("KVR_TESTING_CPU_FAULT=\"", env, "\": expected worker:layer[:token]"));
+      double hang = 0;
+      if (std::sscanf(env, "%d:%d:%d:%lf", &worker, &layer, &token, &hang) < 2 || layer < 0 ||
+          hang < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "KVR_TESTING_CPU_FAULT=\"", env, "\": expected worker:layer[:token[:hang_seconds]]"));
       }
       if (worker == o.device_index) {
         o.fail_at_layer = layer;
         o.fail_on_token = token;
+        o.hang_seconds = hang;
       }
     }
   }

@@ -18,12 +18,15 @@ struct CpuRunnerOptions {
   int device_index = 0;   // the worker index this runner serves (reported as device())
   // Fault injection, for tests only: a prefill chunk on this worker that holds the token id
   // `fail_on_token` (-1: any prefill chunk) fails at layer `fail_at_layer` with INTERNAL, as a
-  // device error would; decode steps are not affected. -1 (the default): off. When left at -1,
-  // MakeCpuRunner reads it once from the environment variable
-  //   KVR_TESTING_CPU_FAULT=worker:layer[:token]     e.g. "1:1:7"
+  // device error would; decode steps are not affected. -1 (the default): off. With
+  // `hang_seconds` > 0 it hangs instead: that layer stalls for hang_seconds (no error, no
+  // progress, as a stuck device or a lost transfer), then goes on. When fail_at_layer is left at
+  // -1, MakeCpuRunner reads all three once from the environment variable
+  //   KVR_TESTING_CPU_FAULT=worker:layer[:token[:hang_seconds]]   e.g. "1:1:7" or "1:1:-1:30"
   // which applies to the runner whose device_index is `worker` (how tests reach kvrd's runners).
   int fail_at_layer = -1;
   int fail_on_token = -1;
+  double hang_seconds = 0;
 };
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCpuRunner(const ModelConfig& config,

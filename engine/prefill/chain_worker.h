@@ -2,10 +2,12 @@
 // the order a reader expects, with the transport's calls between the runner's ops.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "engine/prefill/chain_progress.h"
 #include "engine/prefill/coordinator.h"
 #include "engine/prefill/transport.h"
 #include "engine/runtime/model_runner.h"
@@ -16,6 +18,9 @@ struct ChainPositionTask {
   absl::Span<const int32_t> tokens;  // the whole prompt (C)
   int begin = 0, end = 0;            // this position's chunk [begin, end)
   bool last = false;                 // ends the chain: computes the first token's logits
+  // Progress for the watchdog (may be empty): called as each layer's compute starts, before and
+  // after blocking on incoming K/V, and before the final wait for the sends.
+  std::function<void(ChainPhase phase, int layer)> report;
 };
 
 // Runs the chunk through every layer on `runner`, exchanging K/V through `endpoint`.

@@ -1,5 +1,7 @@
 #include "engine/prefill/coordinator.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "engine/prefill/chain_worker.h"
@@ -7,6 +9,13 @@
 #include "engine/util/status_macros.h"
 
 namespace kvr {
+namespace {
+
+// After the watchdog aborts the fabric, how long the positions get to return before a stuck one
+// is left behind (at most the timeout itself): waking on an abort takes milliseconds.
+constexpr absl::Duration kAbortGrace = absl::Seconds(5);
+
+}  // namespace
 
 PrefillCoordinator::PrefillCoordinator(std::vector<ModelRunner*> runners,
                                        std::unique_ptr<ChainFabric> fabric,
@@ -36,23 +45,57 @@ absl::Status PrefillCoordinator::RunOn(int worker, std::function<absl::Status()>
   return result;
 }
 
-absl::Status PrefillCoordinator::RunOnPositions(int count, const std::function<absl::Status(int)>& fn,
+// Everything the jobs of one prefill touch. Shared with them, so that a job that the watchdog
+// gave up on can still finish safely after Run returned.
+struct PrefillCoordinator::RunState {
+  std::vector<int32_t> tokens;
+  PrefillPlan plan;
+  int cache_capacity = 0;
+  std::vector<std::unique_ptr<KvCache>> caches;  // per chain position
+  PrefillResult result;
+};
+
+absl::Status PrefillCoordinator::CheckNoStuckJobs() {
+  if (stuck_jobs_ == nullptr) return absl::OkStatus();
+  if (!stuck_jobs_->AllFinished()) {
+    return absl::UnavailableError(absl::StrCat(
+        stuck_description_, " is still stuck in an earlier prefill: no new prefill until it returns"));
+  }
+  stuck_jobs_.reset();
+  return absl::OkStatus();
+}
+
+absl::Status PrefillCoordinator::RunOnPositions(int count, const PositionFn& fn,
                                                 const std::vector<int>& order) {
-  std::vector<absl::Status> results(count);
-  absl::BlockingCounter done(count);
+  auto progress = std::make_shared<ChainProgress>(count);
   for (int k = 0; k < count; ++k) {
-    threads_[order[k]]->Post([&, k] {
-      results[k] = fn(k);
-      if (!results[k].ok()) fabric_->Abort(results[k]);  // wake the others; nobody hangs
-      done.DecrementCount();
+    threads_[order[k]]->Post([this, progress, fn, k] {
+      progress->Report(k, ChainPhase::kComputing, -1);
+      absl::Status s = fn(k, *progress);
+      if (!s.ok()) fabric_->Abort(s);  // wake the others; nobody hangs
+      progress->Finish(k, std::move(s));
     });
   }
-  done.Wait();
+  if (std::optional<ChainStall> stall = progress->Wait(prefill_timeout_)) {
+    const std::string who =
+        absl::StrCat("prefill worker ", order[stall->position], " (chain position ", stall->position, ")");
+    absl::Status status = absl::DeadlineExceededError(absl::StrCat(
+        who, " made no progress for ", absl::FormatDuration(stall->stalled), " ",
+        DescribePosition(stall->state), "; prefill timeout ", absl::FormatDuration(prefill_timeout_),
+        ": the prefill was aborted"));
+    fabric_->Abort(status);
+    // The others wake on the abort; a worker stuck for good is left behind (see the header).
+    if (!progress->WaitFinished(std::min(prefill_timeout_, kAbortGrace))) {
+      stuck_jobs_ = progress;
+      stuck_description_ = who;
+    }
+    return status;
+  }
   for (int k = 0; k < count; ++k) {
-    if (!results[k].ok()) {
-      return absl::Status(results[k].code(),
-                          absl::StrCat("prefill worker ", order[k], " (chain position ", k, "): ",
-                                       results[k].message()));
+    const absl::Status s = progress->state(k).status;
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("prefill worker ", order[k], " (chain position ", k,
+                                                 "): ", s.message()));
     }
   }
   return absl::OkStatus();
@@ -70,18 +113,24 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
     return absl::InvalidArgumentError(absl::StrCat("cache capacity ", cache_capacity,
                                                    " is smaller than the prompt (", plan.context_len, ")"));
   }
+  KVR_RETURN_IF_ERROR(CheckNoStuckJobs());
   const int p = plan.num_chunks();
+  auto st = std::make_shared<RunState>();
+  st->tokens.assign(tokens.begin(), tokens.end());
+  st->plan = plan;
+  st->cache_capacity = cache_capacity;
+  st->caches.resize(p);
 
   // 1. Each position allocates, on its own device, a cache for [0, end); the last one for the
   //    whole request.
-  std::vector<std::unique_ptr<KvCache>> caches(p);
   KVR_RETURN_IF_ERROR(RunOnPositions(
       p,
-      [&](int k) -> absl::Status {
+      [this, st, p](int k, ChainProgress&) -> absl::Status {
         // All-gather (TSP) fills every position's cache with the whole prompt.
+        const PrefillPlan& plan = st->plan;
         const int needed = plan.topology == Topology::kAllGather ? plan.context_len : plan.chunk_end(k);
-        const int capacity = k == p - 1 ? cache_capacity : needed;
-        KVR_ASSIGN_OR_RETURN(caches[k], runners_[plan.order[k]]->NewKvCache(capacity));
+        const int capacity = k == p - 1 ? st->cache_capacity : needed;
+        KVR_ASSIGN_OR_RETURN(st->caches[k], runners_[plan.order[k]]->NewKvCache(capacity));
         return absl::OkStatus();
       },
       plan.order));
@@ -90,33 +139,39 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
   std::vector<KvCache*> cache_ptrs;
   std::vector<ModelRunner*> position_runners;
   for (int k = 0; k < p; ++k) {
-    cache_ptrs.push_back(caches[k].get());
+    cache_ptrs.push_back(st->caches[k].get());
     position_runners.push_back(runners_[plan.order[k]]);
   }
   KVR_RETURN_IF_ERROR(fabric_->Prepare(plan, cache_ptrs, position_runners));
 
   // 3. Every position runs its chunk through all layers at once: KV-Runahead.
-  PrefillResult result;
-  result.plan = plan;
-  result.workers.resize(p);
+  st->result.plan = plan;
+  st->result.workers.resize(p);
   const auto chain_start = SteadyClock::now();
   KVR_RETURN_IF_ERROR(RunOnPositions(
       p,
-      [&](int k) -> absl::Status {
+      [this, st, p](int k, ChainProgress& progress) -> absl::Status {
+        const PrefillPlan& plan = st->plan;
         KVR_ASSIGN_OR_RETURN(auto endpoint, fabric_->Connect(k));
-        ChainPositionTask task{tokens, plan.chunk_begin(k), plan.chunk_end(k), k == p - 1};
-        result.workers[k].worker = plan.order[k];
-        return RunChainPosition(*runners_[plan.order[k]], *endpoint, *caches[k], task, &result.logits,
-                                &result.workers[k]);
+        ChainPositionTask task{st->tokens, plan.chunk_begin(k), plan.chunk_end(k), k == p - 1,
+                               [&progress, k](ChainPhase phase, int layer) {
+                                 progress.Report(k, phase, layer);
+                               }};
+        st->result.workers[k].worker = plan.order[k];
+        return RunChainPosition(*runners_[plan.order[k]], *endpoint, *st->caches[k], task,
+                                &st->result.logits, &st->result.workers[k]);
       },
       plan.order));
-  result.chain_seconds = SecondsSince(chain_start);
+  const double chain_seconds = SecondsSince(chain_start);
 
   // 4. The other positions' caches are freed on their own devices; the last one's is kept.
   KVR_RETURN_IF_ERROR(RunOnPositions(
-      p - 1, [&](int k) { caches[k].reset(); return absl::OkStatus(); }, plan.order));
+      p - 1, [st](int k, ChainProgress&) { st->caches[k].reset(); return absl::OkStatus(); },
+      plan.order));
+  PrefillResult result = std::move(st->result);  // every job has finished: no one else touches it
+  result.chain_seconds = chain_seconds;
   result.owner = plan.last_worker();
-  result.cache = std::move(caches[p - 1]);
+  result.cache = std::move(st->caches[p - 1]);
   result.seconds = SecondsSince(t0);
   return result;
 }

@@ -8,10 +8,13 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "engine/prefill/chain_progress.h"
 #include "engine/prefill/prefill_plan.h"
 #include "engine/prefill/transport.h"
 #include "engine/runtime/device_worker.h"
@@ -51,8 +54,19 @@ class PrefillCoordinator {
   int num_workers() const { return static_cast<int>(runners_.size()); }
   ModelRunner& runner(int worker) { return *runners_[worker]; }
 
+  // The prefill watchdog: a chain position that makes no progress (no layer started, no K/V
+  // received, no job finished) for `timeout` fails the prefill with DEADLINE_EXCEEDED naming the
+  // worker, its chain position and layer; the fabric is aborted so that the other positions wake.
+  // A worker still stuck min(timeout, 5 s) after the abort is left to finish on its own thread
+  // (the prefill's state stays alive until it does) and Run returns; until that worker has
+  // finished, Run refuses new prefills with UNAVAILABLE naming it (its fabric endpoint and device
+  // are still in use). Zero or negative: off (the default). Set before the first Run.
+  void set_prefill_timeout(absl::Duration timeout) { prefill_timeout_ = timeout; }
+  absl::Duration prefill_timeout() const { return prefill_timeout_; }
+
   // Prefills `tokens` (C = tokens.size()) by `plan`; the owner's cache gets room for
-  // `cache_capacity` >= C tokens so that decode can continue in it.
+  // `cache_capacity` >= C tokens so that decode can continue in it. Not reentrant: one prefill
+  // at a time (the scheduler's loop).
   absl::StatusOr<PrefillResult> Run(absl::Span<const int32_t> tokens, const PrefillPlan& plan,
                                     int cache_capacity);
 
@@ -60,13 +74,23 @@ class PrefillCoordinator {
   absl::Status RunOn(int worker, std::function<absl::Status()> fn);
 
  private:
-  // Runs fn(k) for chain positions k < count, each on worker order[k]'s thread; waits for all.
-  absl::Status RunOnPositions(int count, const std::function<absl::Status(int)>& fn,
-                              const std::vector<int>& order);
+  struct RunState;  // one prefill's state, shared with its jobs (coordinator.cc)
+  using PositionFn = std::function<absl::Status(int position, ChainProgress& progress)>;
+
+  // Runs fn(k) for chain positions k < count, each on worker order[k]'s thread; waits for all,
+  // or until the watchdog finds a stall. `fn` must own (by shared_ptr) whatever it touches: a
+  // stuck job may outlive this call.
+  absl::Status RunOnPositions(int count, const PositionFn& fn, const std::vector<int>& order);
+  // UNAVAILABLE while a stuck job of an earlier prefill still runs.
+  absl::Status CheckNoStuckJobs();
 
   std::vector<ModelRunner*> runners_;
   std::unique_ptr<ChainFabric> fabric_;
-  std::vector<std::unique_ptr<DeviceWorker>> threads_;
+  absl::Duration prefill_timeout_ = absl::ZeroDuration();
+  // The jobs of the last prefill the watchdog gave up on, with who was stuck, until they finish.
+  std::shared_ptr<ChainProgress> stuck_jobs_;
+  std::string stuck_description_;
+  std::vector<std::unique_ptr<DeviceWorker>> threads_;  // last: joined before the rest goes
 };
 
 }  // namespace kvr

@@ -53,7 +53,9 @@ class ChainFabric {
                                std::vector<ModelRunner*> runners) = 0;
   // Called by the worker at chain position `position` on its own thread.
   virtual absl::StatusOr<std::unique_ptr<ChainEndpoint>> Connect(int position) = 0;
-  // A worker failed: wake every waiter of this prefill with `why` so that no thread hangs.
+  // A worker failed, or the coordinator's watchdog found one stuck: wake every waiter of this
+  // prefill with `why` so that no thread hangs. Called from any thread, possibly several times;
+  // the next Prepare starts afresh.
   virtual void Abort(const absl::Status& why) = 0;
 };
 

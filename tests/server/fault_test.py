@@ -11,6 +11,12 @@
    request served turns it back to SERVING.
 2. The model folder (real copies of the files, not links) truncated, rewritten, then deleted
    after start: kvrd keeps serving, the same output as before, and exits 0 on SIGTERM.
+3. Worker hang mid-prefill (KVR_TESTING_CPU_FAULT=1:1:TRIGGER:HANG_S: worker 1 stalls HANG_S
+   seconds at layer 1), with --prefill_timeout_s 1: the prefill watchdog fails that request with
+   DEADLINE_EXCEEDED naming the worker and the layer, long before the hang ends; a stream started
+   before completes; while the worker is still stuck requests fail fast (UNAVAILABLE naming it);
+   once it returns kvrd serves the same output as before; failures in a row turn health
+   NOT_SERVING and a request served turns it back.
 """
 import argparse
 import os
@@ -28,6 +34,7 @@ import kvr_test_lib as lib  # noqa: E402
 
 TRIGGER = 250
 GOOD_IDS = list(range(5, 40))  # no TRIGGER
+HANG_S = 5
 
 
 def main():
@@ -41,6 +48,7 @@ def main():
     work = tempfile.mkdtemp(prefix="kvrd-fault-")
     failed = []
     d = None
+    daemons = []
     try:
         model = lib.make_model(args.fixture, os.path.join(work, "model"))
         for name in os.listdir(model):  # links -> real copies this test may destroy
@@ -52,6 +60,7 @@ def main():
         d = lib.Daemon(args.kvrd, model, work,
                        ["--testing_decode_delay_ms", "5", "--unhealthy_after_failures", "3"],
                        env={"KVR_TESTING_CPU_FAULT": f"1:1:{TRIGGER}"})
+        daemons.append(d)
         d.start()
         stub = pb_grpc.KvrStub(d.channel)
 
@@ -140,14 +149,75 @@ def main():
         rc = d.stop(timeout=30)
         if rc != 0:
             failed.append(f"exit status {rc}")
+
+        # 3. A worker that hangs: the prefill watchdog.
+        d = lib.Daemon(args.kvrd, lib.make_model(args.fixture, os.path.join(work, "model-hang")),
+                       work, ["--testing_decode_delay_ms", "5", "--unhealthy_after_failures", "3",
+                              "--prefill_timeout_s", "1"], name="kvrd-hang",
+                       env={"KVR_TESTING_CPU_FAULT": f"1:1:{TRIGGER}:{HANG_S}"})
+        daemons.append(d)
+        d.start()
+        stub = pb_grpc.KvrStub(d.channel)
+        baseline = greedy()
+
+        def served_again():
+            """Retries a greedy request until the stuck worker is back; returns its tokens."""
+            deadline = time.time() + HANG_S + 60
+            while True:
+                try:
+                    return greedy()
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE, (e.code(), e.details())
+                    assert "prefill worker 1 (" in e.details() and "still stuck" in e.details(), \
+                        e.details()
+                    assert time.time() < deadline, "the stuck worker never came back"
+                    time.sleep(0.2)
+
+        def one_hang():
+            long_done = {}
+
+            def long_stream():
+                try:
+                    long_done["ids"] = greedy(max_tokens=60)
+                except Exception as e:  # noqa: BLE001
+                    long_done["error"] = e
+            t = threading.Thread(target=long_stream)
+            t.start()
+            d.wait_metric("kvr_num_requests_running", lambda v: v >= 1, timeout=30)
+            t0 = time.time()
+            e = faulty()
+            elapsed = time.time() - t0
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e.code(), e.details())
+            assert "prefill worker 1 (" in e.details() and "at layer 1 (computing)" in e.details(), \
+                e.details()
+            assert elapsed < HANG_S, f"failed after {elapsed:.1f} s: the hang ended first"
+            assert lib.health_check(d.channel, timeout=5) == 1, "one failure must not flip health"
+            t.join(timeout=120)
+            assert not t.is_alive(), "the running stream hung"
+            assert "ids" in long_done and len(long_done["ids"]) == 60, long_done
+            assert served_again() == baseline, "output changed after a hang"
+        check("a hung worker fails its request with DEADLINE_EXCEEDED naming the worker", one_hang)
+
+        def unhealthy_hang():
+            for _ in range(3):
+                code = faulty().code()
+                assert code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE), code
+            assert lib.health_check(d.channel, timeout=5) == 2, "health still SERVING"
+            assert served_again() == baseline
+            assert lib.health_check(d.channel, timeout=5) == 1, "health not back to SERVING"
+        check("hangs in a row turn health NOT_SERVING; a request served turns it back",
+              unhealthy_hang)
+        rc = d.stop(timeout=60)
+        if rc != 0:
+            failed.append(f"exit status {rc} (hang)")
     except Exception as e:  # noqa: BLE001
         failed.append(f"setup: {e}")
         traceback.print_exc()
     finally:
-        if failed and d is not None:
-            print(f"--- kvrd log (tail) ---\n{d.read_log()}")
-        if d is not None:
-            d.kill()
+        for daemon in daemons:
+            if failed:
+                print(f"--- {daemon.log_path} (tail) ---\n{daemon.read_log()}")
+            daemon.kill()
         shutil.rmtree(work, ignore_errors=True)
     print("fault test:", "FAIL " + ", ".join(failed) if failed else "PASS")
     return 1 if failed else 0
