@@ -32,7 +32,8 @@ ABSL_FLAG(std::string, prompt_ids, "", "prompt as comma-separated token ids");
 ABSL_FLAG(int, max_tokens, 16, "tokens to generate");
 ABSL_FLAG(int, workers, 0, "prefill workers (0: every GPU, or 2 on the CPU)");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
-ABSL_FLAG(std::string, partition, "even", "even, cost, cost-cpu or fixed:n1,n2,...");
+ABSL_FLAG(std::string, partition, "even", "even, cost, cost-cpu, table:PATH (KVR-P split table) or fixed:n1,n2,...");
+ABSL_FLAG(std::string, attn_impl, "mma", "CUDA prefill attention: mma, cudnn or auto");
 ABSL_FLAG(std::string, split, "", "chunk sizes n1,n2,... (same as --partition=fixed:n1,n2,...)");
 ABSL_FLAG(std::string, topology, "chain", "chain or fan-out");
 ABSL_FLAG(int, threads, 1, "matrix-product threads per CPU worker");
@@ -67,6 +68,7 @@ absl::Status Run() {
   options.partition = absl::GetFlag(FLAGS_split).empty() ? absl::GetFlag(FLAGS_partition)
                                                          : "fixed:" + absl::GetFlag(FLAGS_split);
   options.topology = absl::GetFlag(FLAGS_topology);
+  options.attn_impl = absl::GetFlag(FLAGS_attn_impl);
   options.cpu_threads = absl::GetFlag(FLAGS_threads);
   KVR_ASSIGN_OR_RETURN(auto engine, Engine::Load(options));
   const ModelConfig& config = engine->config();
