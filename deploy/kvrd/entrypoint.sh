@@ -27,7 +27,7 @@ set -- "$@" --model="$model" \
 config=${KVR_CONFIG-/etc/kvr/kvrd.json}
 if [ -n "$config" ]; then set -- "$@" --config="$config"; fi
 for name in backend workers partition topology attn_impl cpu_threads max_queue max_running max_model_len \
-            decode_steps_per_prefill shutdown_timeout_s; do
+            decode_steps_per_prefill shutdown_timeout_s prefill_timeout_s; do
   var=KVR_$(echo "$name" | tr '[:lower:]' '[:upper:]')
   eval "value=\${$var:-}"
   if [ -n "$value" ]; then set -- "$@" "--$name=$value"; fi
