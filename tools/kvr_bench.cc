@@ -358,7 +358,8 @@ absl::Status Run() {
         KVR_LOG(WARNING) << "tp at " << p << " GPUs: " << tp_refused;
       }
     }
-    const std::string setup = SetupKey(ShapeName(config), p, card, absl::GetFlag(FLAGS_link));
+    const std::string setup =
+        SetupKey(ShapeName(config), p, card, absl::GetFlag(FLAGS_link), absl::GetFlag(FLAGS_attn_impl));
     std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
     for (int C : contexts) {
       const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + C);

@@ -196,7 +196,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   KVR_ASSIGN_OR_RETURN(const Topology topology, ParseTopology(options.topology));
   const std::string setup =
       SetupKey(ShapeName(config), workers, CardName(engine->runners_[0]->device_name()),
-               engine->backend_ == "cpu" ? "inproc" : GpuLinkName());
+               engine->backend_ == "cpu" ? "inproc" : GpuLinkName(),
+               engine->backend_ == "cpu" ? "mma" : options.attn_impl);
   std::unique_ptr<DeviceCosts> calibrated;
   if (engine->backend_ == "cuda" && options.calibrate &&
       (options.partition == "cost" || absl::StartsWith(options.partition, "table:"))) {

@@ -41,8 +41,11 @@ std::string GpuLinkName() {
   return p2p != nullptr && std::string(p2p) == "1" ? "p2p-off" : "nvlink";
 }
 
-std::string SetupKey(const std::string& shape, int workers, const std::string& card, const std::string& link) {
-  return absl::StrCat(shape, "/", workers, "x", card, "/", link);
+std::string SetupKey(const std::string& shape, int workers, const std::string& card, const std::string& link,
+                     const std::string& attn) {
+  std::string key = absl::StrCat(shape, "/", workers, "x", card, "/", link);
+  if (!attn.empty() && attn != "mma") absl::StrAppend(&key, "/", attn);
+  return key;
 }
 
 }  // namespace kvr

@@ -209,6 +209,7 @@ TEST(SetupKey, NamesKnownShapesCardsAndLinks) {
   EXPECT_EQ(CardName("cuda:0 (Some New Card)"), "SomeNewCard");
   EXPECT_EQ(CardName("cpu:0"), "cpu");
   EXPECT_EQ(SetupKey("llama-7b", 2, "H200", "nvlink"), "llama-7b/2xH200/nvlink");
+  EXPECT_EQ(SetupKey("llama-7b", 4, "H200", "nvlink", "cudnn"), "llama-7b/4xH200/nvlink/cudnn");
 }
 
 // The table planner plans from the table where it has the setup, and from the fallback where not.
