@@ -27,6 +27,38 @@ inline bool HaveGpu() {
   return true;
 }
 
+// CUDA GPUs present; 0 without a driver or a GPU.
+inline int GpuCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// The GPU counts the multi-GPU tests run on: 2, then 4 when present, then all when more.
+inline std::vector<int> MultiGpuCounts() {
+  const int n = GpuCount();
+  std::vector<int> counts = {2};
+  if (n >= 4) counts.push_back(4);
+  if (n > 4) counts.push_back(n);
+  return counts;
+}
+
+// Relative L2 distance |a - b| / |b| in double; infinite for mismatched or empty inputs, NaN
+// if either holds a non-finite value (so any `RelL2(...) < tol` check fails on both).
+inline double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || b.empty()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return NAN;
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+
 // main() for GPU test binaries: 77 (CTest: skipped) without a GPU.
 #define KVR_GPU_TEST_MAIN()                                          \
   int main(int argc, char** argv) {                                  \

@@ -105,16 +105,6 @@ std::vector<int32_t> Tokens(int n, int V, int seed) {
   return t;
 }
 
-double Rel(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size() || b.empty()) return INFINITY;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / (den > 0 ? den : 1));
-}
-
 // The chunks of `bounds` run one after another on `runner` (GPU 0) into one cache: the bitwise
 // reference of a multi-GPU prefill with those bounds.
 struct Sequential {
@@ -161,7 +151,7 @@ std::string CompareKv(ModelRunner& ra, KvCache& a, ModelRunner& rb, KvCache& b, 
     while (last > i && std::memcmp(&x[last - 1], &y[last - 1], sizeof(float)) == 0) --last;
     return std::string(which == 0 ? "K" : "V") + " of layer " + std::to_string(l) + " differs from token " +
            std::to_string(i / kv_dim) + " to token " + std::to_string((last - 1) / kv_dim) + " (" +
-           std::to_string(x[i]) + " vs " + std::to_string(y[i]) + "; rel L2 " + std::to_string(Rel(x, y)) + ")";
+           std::to_string(x[i]) + " vs " + std::to_string(y[i]) + "; rel L2 " + std::to_string(RelL2(x, y)) + ")";
   }
   return "";
 }
@@ -247,8 +237,8 @@ void RunCases(const ModelConfig& cfg, int p, int C, const std::vector<Case>& cas
       std::fflush(stdout);
       ASSERT_EQ(res->logits.size(), ref.logits.size());
       EXPECT_EQ(std::memcmp(res->logits.data(), ref.logits.data(), ref.logits.size() * sizeof(float)), 0)
-          << "logits differ from the sequential run on GPU 0 (rel L2 " << Rel(res->logits, ref.logits) << ")";
-      EXPECT_LT(Rel(res->logits, whole.logits), 2e-2) << "logits far from the one-chunk prefill";
+          << "logits differ from the sequential run on GPU 0 (rel L2 " << RelL2(res->logits, ref.logits) << ")";
+      EXPECT_LT(RelL2(res->logits, whole.logits), 2e-2) << "logits far from the one-chunk prefill";
       ModelRunner& owner = co.runner(res->owner);
       for (int l : layers_to_check) {
         const std::string diff = CompareKv(owner, *res->cache, *runners[0], *ref.cache, l, C, kv_dim);
@@ -259,20 +249,12 @@ void RunCases(const ModelConfig& cfg, int p, int C, const std::vector<Case>& cas
   }
 }
 
-std::vector<int> GpuCounts() {
-  const int n = CudaDeviceCount();
-  std::vector<int> counts = {2};
-  if (n >= 4) counts.push_back(4);
-  if (n > 4) counts.push_back(n);
-  return counts;
-}
-
 // Small model (4 layers), 301 tokens: many splits, every topology, both ends as the last GPU,
 // every layer of the final cache compared.
 TEST(NcclChain, EveryTopologyAndSplitMatchesOneGpuBitForBit) {
   const ModelConfig cfg = Model(4);
   const int C = 301;
-  for (int p : GpuCounts()) {
+  for (int p : MultiGpuCounts()) {
     std::vector<Case> cases;
     const auto splits = Splits(C, p);
     // All-gather first: nothing connected yet in this process (for p = 2 the process's very first
@@ -294,7 +276,7 @@ TEST(NcclChain, EveryTopologyAndSplitMatchesOneGpuBitForBit) {
 TEST(NcclChain, DeepLongPromptEveryTopology) {
   const ModelConfig cfg = Model(32);
   const int C = 8192;
-  for (int p : GpuCounts()) {
+  for (int p : MultiGpuCounts()) {
     std::vector<Case> cases;
     std::vector<int> even(p, C / p), front(p);
     int used = 0;
@@ -340,7 +322,7 @@ TEST(NcclChain, FalconAndLlama3Families) {
   const int C = 1021;
   for (const ModelConfig& cfg : {falcon, llama3}) {
     SCOPED_TRACE(cfg.model_type);
-    for (int p : GpuCounts()) {
+    for (int p : MultiGpuCounts()) {
       std::vector<Case> cases;
       const auto splits = Splits(C, p);
       for (Topology t : {Topology::kAllGather, Topology::kChain, Topology::kFanOut}) {

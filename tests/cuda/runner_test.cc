@@ -47,16 +47,6 @@ ModelConfig Falcon() {
   return c;
 }
 
-double Rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return NAN;
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / (den > 0 ? den : 1));
-}
-
 std::vector<int32_t> Tokens(int n, int V, int seed) {
   std::mt19937 rng(seed);
   std::vector<int32_t> t(n);
@@ -117,12 +107,12 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
     auto one = Prefill(run, **c1, prompt, {});
     auto three = Prefill(run, **c2, prompt, {200, 332});  // last chunk: one token at 332
     ASSERT_EQ(one.size(), static_cast<size_t>(v.cfg.vocab_size));
-    EXPECT_LT(Rel(three, one), 2e-2);
+    EXPECT_LT(RelL2(three, one), 2e-2);
     std::vector<float> k1, v1, k2, v2;
     ASSERT_TRUE(run.ReadKv(**c1, 2, 0, N, &k1, &v1).ok());
     ASSERT_TRUE(run.ReadKv(**c2, 2, 0, N, &k2, &v2).ok());
-    EXPECT_LT(Rel(k2, k1), 2e-2);
-    EXPECT_LT(Rel(v2, v1), 2e-2);
+    EXPECT_LT(RelL2(k2, k1), 2e-2);
+    EXPECT_LT(RelL2(v2, v1), 2e-2);
     // Prefill of N+1 tokens vs prefill of N then one decode step (three times: eager, capture,
     // replay, each on a fresh copy of the prefix).
     auto longer = Prefill(run, **c3, toks, {});
@@ -134,7 +124,7 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
       DecodeSlot slot{c->get(), toks[N], N};
       auto st = run.Decode({slot}, &dl);
       ASSERT_TRUE(st.ok()) << st;
-      EXPECT_LT(Rel(dl, longer), 2e-2) << "rep " << rep;
+      EXPECT_LT(RelL2(dl, longer), 2e-2) << "rep " << rep;
     }
     // A batch of two sequences at different positions equals each alone.
     auto ca = run.NewKvCache(N + 8);
@@ -148,8 +138,8 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
     for (int rep = 0; rep < 3; ++rep) {  // eager, captured, replayed; same inputs each time
       ASSERT_TRUE(run.Decode({DecodeSlot{ca->get(), toks[N], N}, DecodeSlot{cb->get(), toks[57], 57}}, &bl).ok());
       std::vector<float> row0(bl.begin(), bl.begin() + v.cfg.vocab_size), row1(bl.begin() + v.cfg.vocab_size, bl.end());
-      EXPECT_LT(Rel(row0, longer), 2e-2) << "rep " << rep;
-      EXPECT_LT(Rel(row1, short_ref), 2e-2) << "rep " << rep;
+      EXPECT_LT(RelL2(row0, longer), 2e-2) << "rep " << rep;
+      EXPECT_LT(RelL2(row1, short_ref), 2e-2) << "rep " << rep;
     }
   }
 }
@@ -175,8 +165,8 @@ TEST(CudaRunner, CudnnAttentionMatchesMma) {
     auto ref = Prefill(**rm, **cm, prompt, {});
     auto one = Prefill(**rc, **c1, prompt, {});
     auto three = Prefill(**rc, **c3, prompt, {200, 332});
-    EXPECT_LT(Rel(one, ref), 2e-2);
-    EXPECT_LT(Rel(three, ref), 2e-2);
+    EXPECT_LT(RelL2(one, ref), 2e-2);
+    EXPECT_LT(RelL2(three, ref), 2e-2);
   }
   CudaRunnerOptions bad;
   bad.attn_impl = "flash9";
@@ -219,8 +209,8 @@ TEST(CudaRunner, CudnnBucketedPrewarmedMatchesMma) {
     auto ref = Prefill(**rm, **cm, prompt, cuts);
     auto a = Prefill(**ra, **ca, prompt, cuts);
     auto x = Prefill(**rc, **cx, prompt, cuts);
-    EXPECT_LT(Rel(a, ref), 2e-2) << "auto, prewarmed buckets";
-    EXPECT_LT(Rel(x, ref), 2e-2) << "cudnn, cache without room for key buckets";
+    EXPECT_LT(RelL2(a, ref), 2e-2) << "auto, prewarmed buckets";
+    EXPECT_LT(RelL2(x, ref), 2e-2) << "cudnn, cache without room for key buckets";
   }
 }
 

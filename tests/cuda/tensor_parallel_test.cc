@@ -63,17 +63,6 @@ ModelConfig Biased() {
   return c;
 }
 
-double Rel(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size() || b.empty()) return INFINITY;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return NAN;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / (den > 0 ? den : 1));
-}
-
 std::vector<int32_t> Tokens(int n, int V, int seed) {
   std::mt19937 rng(seed);
   std::vector<int32_t> t(n);
@@ -132,14 +121,6 @@ TEST(TensorParallel, ShardRules) {
   EXPECT_EQ(TensorParallelShardOf(odd, 0, 4).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-std::vector<int> GpuCounts() {
-  const int n = CudaDeviceCount();
-  std::vector<int> counts = {2};
-  if (n >= 4) counts.push_back(4);
-  if (n > 4) counts.push_back(n);
-  return counts;
-}
-
 TEST(TensorParallel, MatchesOneGpu) {
   struct Variant {
     const char* name;
@@ -177,7 +158,7 @@ TEST(TensorParallel, MatchesOneGpu) {
     cache->reset();
     one->reset();
 
-    for (int P : GpuCounts()) {
+    for (int P : MultiGpuCounts()) {
       SCOPED_TRACE(std::string(v.name) + " over " + std::to_string(P) + " GPUs");
       auto tp = MakeRandomTensorParallelCudaRunners(cfg, P, {}, 5);
       ASSERT_TRUE(tp.ok()) << tp.status();
@@ -185,7 +166,7 @@ TEST(TensorParallel, MatchesOneGpu) {
       for (int rep = 0; rep < 2; ++rep) {  // the first run also connects NCCL
         auto r = g.Prefill(prompt, C + 8);
         ASSERT_TRUE(r.ok()) << r.status();
-        const double e = Rel(r->logits, ref_logits);
+        const double e = RelL2(r->logits, ref_logits);
         std::printf("%s P=%d rep %d: logits rel L2 %.3g\n", v.name, P, rep, e);
         EXPECT_LT(e, kTol) << "rep " << rep;
         if (rep == 1) {
@@ -196,8 +177,8 @@ TEST(TensorParallel, MatchesOneGpu) {
             for (int i = 0; i < 2; ++i) {
               std::vector<float> k, vv;
               ASSERT_TRUE(g.rank(rank).ReadKv(*r->caches[rank], i == 0 ? 0 : L - 1, 0, C, &k, &vv).ok());
-              EXPECT_LT(Rel(k, Heads(ref_k[i], C, Hkv, D, sh.kv_head0, sh.kv_heads)), kTol) << "rank " << rank << " K " << i;
-              EXPECT_LT(Rel(vv, Heads(ref_v[i], C, Hkv, D, sh.kv_head0, sh.kv_heads)), kTol) << "rank " << rank << " V " << i;
+              EXPECT_LT(RelL2(k, Heads(ref_k[i], C, Hkv, D, sh.kv_head0, sh.kv_heads)), kTol) << "rank " << rank << " K " << i;
+              EXPECT_LT(RelL2(vv, Heads(ref_v[i], C, Hkv, D, sh.kv_head0, sh.kv_heads)), kTol) << "rank " << rank << " V " << i;
             }
           }
           // One decode step on every rank at once; rank 0's logits.
@@ -206,10 +187,10 @@ TEST(TensorParallel, MatchesOneGpu) {
             return g.rank(rank).Decode({DecodeSlot{r->caches[rank].get(), toks[C], C}}, &dec[rank]);
           });
           ASSERT_TRUE(st.ok()) << st;
-          const double de = Rel(dec[0], ref_decode);
+          const double de = RelL2(dec[0], ref_decode);
           std::printf("%s P=%d: decode logits rel L2 %.3g\n", v.name, P, de);
           EXPECT_LT(de, kTol);
-          for (int rank = 1; rank < P; ++rank) EXPECT_LT(Rel(dec[rank], dec[0]), 1e-3) << "rank " << rank;
+          for (int rank = 1; rank < P; ++rank) EXPECT_LT(RelL2(dec[rank], dec[0]), 1e-3) << "rank " << rank;
         }
       }
     }
