@@ -69,13 +69,14 @@ absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partitio
                                                      const ModelConfig& config, int element_bytes,
                                                      const std::string& setup, int workers,
                                                      const DeviceCosts* calibrated) {
-  const DeviceCosts costs =
-      calibrated != nullptr ? *calibrated : DefaultCosts(element_bytes == 4 ? "cpu" : "cuda");
+  // Rates of the cost model (partition cost and the fallback of table): measured, else typical
+  // ones for the backend (element_bytes 4: the fp32 CPU backend; cost-cpu asks for CPU rates).
+  const DeviceCosts costs = calibrated != nullptr
+                                ? *calibrated
+                                : DefaultCosts(partition == "cost-cpu" || element_bytes == 4 ? "cpu" : "cuda");
   if (partition == "even") return std::unique_ptr<Planner>(new EvenPlanner(topology));
   if (partition == "cost" || partition == "cost-cpu") {
-    return std::unique_ptr<Planner>(new CostModelPlanner(
-        LayerShape::Of(config, element_bytes),
-        partition == "cost-cpu" && calibrated == nullptr ? DefaultCosts("cpu") : costs, topology));
+    return std::unique_ptr<Planner>(new CostModelPlanner(LayerShape::Of(config, element_bytes), costs, topology));
   }
   if (absl::StartsWith(partition, "table:")) {
     const std::string path = partition.substr(6);

@@ -54,7 +54,6 @@ class TablePlanner : public Planner {
   std::string name() const override { return "table"; }
   // Whether the table has a curve for this setup with `chunks` chunks.
   bool Covers(int chunks) const { return table_.HasCurve(setup_, chunks); }
-  const std::string& setup() const { return setup_; }
 
  private:
   SplitTable table_;
