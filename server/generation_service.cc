@@ -363,6 +363,13 @@ grpc::ServerUnaryReactor* GenerationService::RejectUnauthenticated(grpc::Callbac
   return denied;
 }
 
+grpc::ServerUnaryReactor* GenerationService::RejectWithoutTokenizer(grpc::CallbackServerContext* context) {
+  if (options_.tokenizer != nullptr) return nullptr;
+  grpc::ServerUnaryReactor* denied = context->DefaultReactor();
+  denied->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model folder has no tokenizer.json"));
+  return denied;
+}
+
 absl::Status GenerationService::Authenticate(const grpc::CallbackServerContext* context) const {
   if (options_.auth_token.empty()) return absl::OkStatus();
   const std::string expected = "Bearer " + options_.auth_token;
@@ -399,12 +406,8 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
   if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
+  if (grpc::ServerUnaryReactor* denied = RejectWithoutTokenizer(context)) return denied;
   auto* reactor = context->DefaultReactor();
-  if (options_.tokenizer == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                 "this model folder has no tokenizer.json"));
-    return reactor;
-  }
   if (absl::Status s = CheckPromptTextSize(request->text().size(), options_.limits); !s.ok()) {
     reactor->Finish(ToGrpcStatus(s));
     return reactor;
@@ -428,12 +431,8 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
                                                         const v1::DetokenizeRequest* request,
                                                         v1::DetokenizeResponse* response) {
   if (grpc::ServerUnaryReactor* denied = RejectUnauthenticated(context)) return denied;
+  if (grpc::ServerUnaryReactor* denied = RejectWithoutTokenizer(context)) return denied;
   auto* reactor = context->DefaultReactor();
-  if (options_.tokenizer == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                 "this model folder has no tokenizer.json"));
-    return reactor;
-  }
   const int V = options_.tokenizer->vocab_size();
   for (int32_t id : request->token_ids()) {
     if (id < 0 || id >= V) {

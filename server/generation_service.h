@@ -67,6 +67,8 @@ class GenerationService final : public v1::Kvr::CallbackService {
   // For unary calls: null when the call may proceed, else a reactor already finished with
   // UNAUTHENTICATED (and the refusal counted).
   grpc::ServerUnaryReactor* RejectUnauthenticated(grpc::CallbackServerContext* context);
+  // Tokenize / Detokenize without a tokenizer: a reactor finished with FAILED_PRECONDITION; else null.
+  grpc::ServerUnaryReactor* RejectWithoutTokenizer(grpc::CallbackServerContext* context);
   std::string NextRequestId() { return "kvr-" + std::to_string(next_id_.fetch_add(1) + 1); }
   void CountRejected(const absl::Status& status);
   // A request ended: served (ok) or failed in the backend; drives ServiceOptions::set_serving.
