@@ -8,14 +8,17 @@
 #    at CTX (default 4096,16384,32768), with ATTN (default cudnn) attention in every mode; the
 #    per-GPU timeline of KVR-S at 16k.
 # 4. The same at 16k with NCCL_P2P_DISABLE=1 (tp, tsp, kvr-cost, kvr-s).
+# 4b. EXTRA_SHAPES (default llama3-8b falcon-7b) at 16k on 1 and N GPUs (Falcon: no TP, 71 heads).
 # 5. PyTorch peers (torch_prefill.py): 1 GPU, TP and KV-Runahead on N GPUs, links on and off.
 # 6. kvrd on N GPUs: 16 streams of 8k-token prompts (tests/server/gpu_daemon_check.sh).
+# STEPS (default "1 2 3 4 4b 5 6") picks steps, so the work can be split over calls.
 # Logs and JSON under $OUT (at most 8 files come back: everything is packed into results.tgz
 # except summary.txt).
 set -u
 OUT=${OUT:-$PWD/device_out}; R=/tmp/kvr-call; mkdir -p "$OUT" "$R"
 S="$OUT/summary.txt"
 say() { echo "== $(date +%T) $*" | tee -a "$S"; }
+has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # STEPS: which numbered steps run
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 [ -d .carry/dev ] || tar -C .carry -xJf .carry/dev.tar.xz
 NGPU=$(nvidia-smi -L | wc -l)
@@ -27,39 +30,67 @@ CTX=${CTX:-4096,16384,32768}; ATTN=${ATTN:-cudnn}
 say "$NGPU GPUs"; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >> "$S"
 nvidia-smi topo -m > "$R/topo.txt" 2>&1
 
+if has 1; then
 say "1. multi-GPU correctness"
 LD_LIBRARY_PATH=$LIBS timeout 240 $B/cuda_nccl_chain_test > "$R/nccl_chain_test.log" 2>&1; echo "nccl_chain_test rc=$?" >> "$S"
 grep -E "HUNG|FAILED|PASSED|OK \]" "$R/nccl_chain_test.log" | head -12 >> "$S"
 LD_LIBRARY_PATH=$LIBS timeout 150 $B/cuda_tensor_parallel_test > "$R/tensor_parallel_test.log" 2>&1; echo "tensor_parallel_test rc=$?" >> "$S"
 grep -E "FAILED|PASSED|OK \]|P=4" "$R/tensor_parallel_test.log" | head -20 >> "$S"
 
+fi
+if has 2; then
 say "2. cuDNN attention tests (GPU 0)"
 LD_LIBRARY_PATH=$LIBS timeout 150 $B/cuda_kernels_test --gtest_filter='Kernels.Cudnn*' > "$R/cudnn_kernels.log" 2>&1; echo "cudnn kernels rc=$?" >> "$S"
 grep -E "FAILED|PASSED|OK \]|bucketed|summary|reused" "$R/cudnn_kernels.log" | cut -c1-220 | head -30 >> "$S"
 LD_LIBRARY_PATH=$LIBS timeout 150 $B/cuda_runner_test --gtest_filter='CudaRunner.Cudnn*' > "$R/cudnn_runner.log" 2>&1; echo "cudnn runner rc=$?" >> "$S"
 grep -E "FAILED|PASSED|OK \]" "$R/cudnn_runner.log" | head >> "$S"
 
+fi
+if has 3; then
 say "3. kvr-bench llama-7b, gpus 1,$NGPU, ctx $CTX, attention $ATTN, links on"
 LD_LIBRARY_PATH=$LIBS timeout ${BENCH_TIMEOUT:-230} $B/kvr-bench --shape llama-7b --gpus 1,$NGPU --ctx $CTX \
   --modes 1gpu,tp,tsp,kvr-e,kvr-cost,kvr-s --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --timeline 16384 \
   --link nvlink --table "$R/splits.json" --out "$R/bench_on.json" > "$R/bench_on.log" 2>&1; echo "bench rc=$?" >> "$S"
 grep -E "TTFT|refused|calibrat" "$R/bench_on.log" | grep -v "^I .*chunk [0-9]/" | cut -c1-200 >> "$S"
 
+fi
+if has 4; then
 say "4. links off (NCCL_P2P_DISABLE=1), 16k"
 NCCL_P2P_DISABLE=1 LD_LIBRARY_PATH=$LIBS timeout ${OFF_TIMEOUT:-120} $B/kvr-bench --shape llama-7b --gpus $NGPU --ctx 16384 \
   --modes tp,tsp,kvr-cost,kvr-s --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link p2p-off \
   --table "$R/splits.json" --out "$R/bench_off.json" > "$R/bench_off.log" 2>&1; echo "bench off rc=$?" >> "$S"
 grep -E "TTFT|refused" "$R/bench_off.log" | cut -c1-200 >> "$S"
 
+fi
+if has 4b; then
+say "4b. other shapes, 16k: ${EXTRA_SHAPES-llama3-8b falcon-7b}"
+for sh in ${EXTRA_SHAPES-llama3-8b falcon-7b}; do
+  modes=1gpu,tp,tsp,kvr-cost,kvr-s; [ $sh = falcon-7b ] && modes=1gpu,tsp,kvr-cost,kvr-s
+  LD_LIBRARY_PATH=$LIBS timeout ${SHAPE_TIMEOUT:-110} $B/kvr-bench --shape $sh --gpus 1,$NGPU --ctx 16384 \
+    --modes $modes --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link nvlink \
+    --table "$R/splits.json" --out "$R/bench_$sh.json" > "$R/bench_$sh.log" 2>&1; echo "bench $sh rc=$?" >> "$S"
+  grep -E "TTFT|refused" "$R/bench_$sh.log" | cut -c1-200 >> "$S"
+done
+
+fi
+if has 5; then
 say "5. PyTorch peers"
 P=.carry/peers/torch_prefill.py
 timeout 90 torchrun --nproc_per_node=1 $P --ctx 16384 --reps 3 2>/dev/null | grep '^{' >> "$S"
 timeout 150 torchrun --nproc_per_node=$NGPU $P --ctx $CTX --modes tp,kvra_bal --reps 3 2>/dev/null | grep '^{' >> "$S"
 NCCL_P2P_DISABLE=1 timeout 90 torchrun --nproc_per_node=$NGPU $P --ctx 16384 --modes tp --reps 3 2>/dev/null | grep '^{' | sed 's/^{/{"p2p":"off",/' >> "$S"
+if [[ " ${EXTRA_SHAPES-llama3-8b} " == *" llama3-8b "* ]]; then
+  L3="--kv-heads 8 --ffn 14336 --vocab 128256"
+  timeout 90 torchrun --nproc_per_node=1 $P --ctx 16384 --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
+  timeout 120 torchrun --nproc_per_node=$NGPU $P --ctx 16384 --modes tp,kvra_bal --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
+fi
 
+fi
+if has 6; then
 say "6. kvrd on $NGPU GPUs"
-OUT=$R/daemon PARTITION=${PARTITION:-table:config/splits/h200.json} KVRD_ARGS="--attn_impl ${DAEMON_ATTN:-auto}" \
+OUT=$R/daemon PARTITION=${PARTITION:-table:config/splits/h200.json} KVRD_ARGS="--attn_impl ${DAEMON_ATTN:-mma}" \
   timeout 200 bash tests/server/gpu_daemon_check.sh > "$R/daemon_stdout.txt" 2>&1; echo "daemon rc=$?" >> "$S"
 cat "$R/daemon/daemon_summary.txt" >> "$S" 2>/dev/null
 rm -f "$R/daemon/metrics.txt"
-tar -C "$R" -czf "$OUT/results.tgz" . ; say done
+fi
+tar -C "$R" -czf "$OUT/results${STEPS:+_${STEPS// /}}.tgz" . ; say done
