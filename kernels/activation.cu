@@ -16,6 +16,8 @@ inline int Blocks(size_t count) {
 // F % 8 == 0, else element by element).
 template <typename T>
 __global__ void SiluGateKernel(const T* __restrict__ in, int n, int F, T* __restrict__ out) {
+  PdlWait();
+  PdlTrigger();
   const int j0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (j0 >= F) return;
   for (int r = blockIdx.y; r < n; r += gridDim.y) {
@@ -46,6 +48,8 @@ __global__ void SiluGateKernel(const T* __restrict__ in, int n, int F, T* __rest
 
 template <typename T>
 __global__ void GeluKernel(T* x, size_t total) {
+  PdlWait();
+  PdlTrigger();
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const float v = ToF(x[i]);
@@ -55,6 +59,8 @@ __global__ void GeluKernel(T* x, size_t total) {
 
 template <typename T, typename O>
 __global__ void AddBiasKernel(O* out, const T* __restrict__ bias, int n, int cols) {
+  PdlWait();
+  PdlTrigger();
   const size_t total = static_cast<size_t>(n) * cols;
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -96,9 +102,8 @@ cudaError_t SiluGate(DType dt, const void* in, int n, int F, void* out, cudaStre
   if (n <= 0) return cudaSuccess;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
     const dim3 grid((F + kThreads * 8 - 1) / (kThreads * 8), n < 65535 ? n : 65535);
-    SiluGateKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(in), n, F,
-                                                     static_cast<T*>(out));
-    return cudaGetLastError();
+    return LaunchPdl(SiluGateKernel<T>, grid, dim3(kThreads), 0, stream, static_cast<const T*>(in),
+                     n, F, static_cast<T*>(out));
   });
 }
 
@@ -106,17 +111,17 @@ cudaError_t GeluInPlace(DType dt, void* x, int n, int F, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const size_t total = static_cast<size_t>(n) * F;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
-    GeluKernel<T><<<Blocks(total), kThreads, 0, stream>>>(static_cast<T*>(x), total);
-    return cudaGetLastError();
+    return LaunchPdl(GeluKernel<T>, dim3(Blocks(total)), dim3(kThreads), 0, stream,
+                     static_cast<T*>(x), total);
   });
 }
 
 cudaError_t AddBias(DType dt, void* out, const void* bias, int n, int cols, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
-    AddBiasKernel<T, T><<<Blocks(static_cast<size_t>(n) * cols), kThreads, 0, stream>>>(
-        static_cast<T*>(out), static_cast<const T*>(bias), n, cols);
-    return cudaGetLastError();
+    return LaunchPdl(AddBiasKernel<T, T>, dim3(Blocks(static_cast<size_t>(n) * cols)),
+                     dim3(kThreads), 0, stream, static_cast<T*>(out), static_cast<const T*>(bias),
+                     n, cols);
   });
 }
 
@@ -124,9 +129,8 @@ cudaError_t AddBiasF32(DType dt, float* out, const void* bias, int n, int cols,
                        cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
-    AddBiasKernel<T, float><<<Blocks(static_cast<size_t>(n) * cols), kThreads, 0, stream>>>(
-        out, static_cast<const T*>(bias), n, cols);
-    return cudaGetLastError();
+    return LaunchPdl(AddBiasKernel<T, float>, dim3(Blocks(static_cast<size_t>(n) * cols)),
+                     dim3(kThreads), 0, stream, out, static_cast<const T*>(bias), n, cols);
   });
 }
 

@@ -3,10 +3,16 @@
 // Kernel 1: block (split, kv head, sequence), 128 threads. Keys of its split in tiles of 64,
 // double-buffered in shared memory by cp.async (rows padded by 16 bytes: conflict-free 16-byte
 // reads along a row). For each tile: scores of the G queries (one (query, key) dot product per
-// thread and step), online softmax per query in fp32, O += P V with fp32 accumulators kept in
-// shared memory (thread-owned entries). Writes O / l and the log-sum-exp of its split.
-// Kernel 2: block (query head, sequence), merges the splits.
+// thread and step, or per thread pair when G = 1), online softmax per query in fp32, O += P V
+// with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
+// log-sum-exp of its split.
+// Merge: with p.counters set, the last block to finish a (sequence, kv head) merges that head
+// group's splits itself (a counter per group, reset by the merging block: graph replays start
+// from zero again); otherwise kernel 2, block (query head, sequence), merges the splits.
+// Both kernels go through LaunchPdl and wait (PdlWait) before reading anything.
+#include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 
 #include "kernels/attention_decode.cuh"
 #include "kernels/common.cuh"
@@ -17,6 +23,60 @@ namespace {
 
 constexpr int kTile = 64;
 constexpr int kThreads = 128;
+
+// Shared memory the merge needs: per query of the group, the split weights and their sum.
+inline size_t MergeSmemBytes(int G, int splits) { return (static_cast<size_t>(G) * splits + G) * sizeof(float); }
+
+// Called by every thread of a split block after its O / lse are written. The block that finishes
+// its group (sequence b, kv head hk) last merges the G heads' splits into out and resets the
+// group's counter. The parts of other blocks are read through L2 (__ldcg) after a fence.
+template <typename T, int D>
+__device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned char* smem_raw) {
+  __shared__ int s_last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const int done = atomicAdd(&p.counters[b * p.Hkv + hk], 1);
+    s_last = done == p.splits - 1;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int G = p.Hq / p.Hkv, S = p.splits;
+  const size_t head0 = static_cast<size_t>(b) * p.Hq + static_cast<size_t>(hk) * G;
+  float* sW = reinterpret_cast<float*>(smem_raw);  // [G][S] lse, then weights
+  float* sDen = sW + G * S;                        // [G]
+  for (int i = tid; i < G * S; i += kThreads) sW[i] = __ldcg(p.lse_part + head0 * S + i);
+  __syncthreads();
+  for (int g = warp; g < G; g += kThreads / 32) {
+    float mx = -INFINITY;
+    for (int s = lane; s < S; s += 32) mx = fmaxf(mx, sW[g * S + s]);
+    mx = WarpMax(mx);
+    float den = 0.f;
+    for (int s = lane; s < S; s += 32) {
+      const float l = sW[g * S + s];
+      const float w = l == -INFINITY ? 0.f : exp2f(l - mx);
+      sW[g * S + s] = w;
+      den += w;
+    }
+    den = WarpSum(den);
+    if (lane == 0) sDen[g] = den;
+  }
+  __syncthreads();
+  for (int oi = tid; oi < G * D; oi += kThreads) {
+    const int g = oi / D, d = oi % D;
+    const float* op = p.o_part + (head0 + g) * S * D + d;
+    float num = 0.f;
+    for (int s = 0; s < S; ++s) {
+      const float w = sW[g * S + s];
+      if (w != 0.f) num += w * __ldcg(op + static_cast<size_t>(s) * D);
+    }
+    const float den = sDen[g];
+    static_cast<T*>(p.out)[(head0 + g) * D + d] = FromF<T>(den > 0.f ? num / den : 0.f);
+  }
+  if (tid == 0) p.counters[b * p.Hkv + hk] = 0;
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p) {
@@ -35,6 +95,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   float* sL = sM + G;                              // [G] running sum
   float* sA = sL + G;                              // [G] rescale of this tile
 
+  PdlWait();
+  PdlTrigger();
   const int len = p.len[b];
   const int lo = p.window > 0 ? max(0, len - p.window) : 0;
   const int tiles_all = (len - lo + kTile - 1) / kTile;
@@ -44,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const size_t pidx = (static_cast<size_t>(b) * p.Hq + hk * G) * p.splits + sp;  // head hk*G
   if (a >= e) {
     for (int g = tid; g < G; g += kThreads) p.lse_part[pidx + static_cast<size_t>(g) * p.splits] = -INFINITY;
+    if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
     return;
   }
   const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
@@ -86,7 +149,22 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
     __syncthreads();
     const T* tk = sK + buf * kTile * kRow;
     const T* tv = sV + buf * kTile * kRow;
-    // Scores: pair (g, j) -> sP[g][j] (scaled, log2 units; -inf past the end).
+    // Scores: pair (g, j) -> sP[g][j] (scaled, log2 units; -inf past the end). With one query
+    // per K/V head, two threads share a key: each takes half of D, then one shuffle.
+    if (G * kTile * 2 == kThreads) {
+      const int j = tid >> 1, h0 = (tid & 1) * (D / 2);
+      float acc = 0.f;
+      const T* kr = tk + j * kRow + h0;
+#pragma unroll
+      for (int d = 0; d < D / 2; d += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
+        const T* kv = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) acc += sQ[h0 + d + u] * ToF(kv[u]);
+      }
+      acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+      if ((tid & 1) == 0) sP[j] = (j0 + j < e) ? acc * scale_log2 : -INFINITY;
+    } else
     for (int pr = tid; pr < G * kTile; pr += kThreads) {
       const int g = pr / kTile, j = pr % kTile;
       float acc = 0.f;
@@ -140,11 +218,14 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   for (int g = tid; g < G; g += kThreads) {
     p.lse_part[pidx + static_cast<size_t>(g) * p.splits] = sM[g] + log2f(sL[g]);
   }
+  if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
 }
 
 // Block (head, sequence), D threads: out = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max).
 template <typename T>
 __global__ void DecodeCombineKernel(DecodeAttnParams p) {
+  PdlWait();
+  PdlTrigger();
   const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
   const size_t base = (static_cast<size_t>(b) * p.Hq + h) * p.splits;
   float mx = -INFINITY;
@@ -164,22 +245,39 @@ __global__ void DecodeCombineKernel(DecodeAttnParams p) {
 template <typename T, int D>
 cudaError_t Launch(const DecodeAttnParams& p, cudaStream_t stream) {
   const int G = p.Hq / p.Hkv;
-  const size_t smem = 4 * kTile * (D + 8) * sizeof(T) +
+  // K/V tiles, or (after the key loop) the merge's weights; then Q, O, P and the softmax state.
+  const size_t tiles = 4 * kTile * (D + 8) * sizeof(T);
+  const size_t smem = std::max(tiles, MergeSmemBytes(G, p.splits)) +
                       (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
   auto kernel = DecodeSplitKernel<T, D>;
   KVR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
-  kernel<<<dim3(p.splits, p.Hkv, p.B), kThreads, smem, stream>>>(p);
-  KVR_CUDA_TRY(cudaGetLastError());
-  DecodeCombineKernel<T><<<dim3(p.Hq, p.B), D, 0, stream>>>(p);
-  return cudaGetLastError();
+  KVR_CUDA_TRY(LaunchPdl(kernel, dim3(p.splits, p.Hkv, p.B), dim3(kThreads), smem, stream, p));
+  if (p.counters != nullptr) return cudaSuccess;
+  return LaunchPdl(DecodeCombineKernel<T>, dim3(p.Hq, p.B), dim3(D), 0, stream, p);
 }
 
 }  // namespace
 
-int DecodeAttentionSplits(int B, int Hkv, int num_sms) {
-  const int want = 4 * num_sms;
-  int s = (want + B * Hkv - 1) / (B * Hkv);
+int DecodeAttentionSplits(DType dt, int B, int Hq, int Hkv, int D, int num_sms) {
+  // Blocks one SM holds at once (shared memory bounds it), unless a benchmark sets the number.
+  int per_sm = 0;
+  if (const char* env = std::getenv("KVR_DECODE_SPLITS_PER_SM"); env != nullptr) per_sm = std::atoi(env);
+  if (per_sm <= 0 && Hkv > 0 && Hq % Hkv == 0 && (D == 64 || D == 128)) {
+    KVR_DISPATCH_DTYPE(dt, T, [&] {
+      auto kernel = D == 64 ? DecodeSplitKernel<T, 64> : DecodeSplitKernel<T, 128>;
+      const int G = Hq / Hkv;
+      const size_t smem = 4 * kTile * (D + 8) * sizeof(T) +
+                          (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)) == cudaSuccess)
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+      return cudaSuccess;
+    });
+  }
+  if (per_sm <= 0) per_sm = 2;
+  // One full wave: as many splits per (sequence, kv head) as the resident blocks allow.
+  const int s = per_sm * num_sms / (B * Hkv);
   return s < 1 ? 1 : (s > 128 ? 128 : s);
 }
 

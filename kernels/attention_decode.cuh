@@ -26,14 +26,19 @@ struct DecodeAttnParams {
   void* out = nullptr;               // (B, Hq, D)
   float* o_part = nullptr;           // (B, Hq, S, D)
   float* lse_part = nullptr;         // (B, Hq, S)
+  // (B, Hkv) zeros, or null. Set: the last split block of each (sequence, kv head) merges the
+  // splits and zeroes its counter again (one kernel per step). Null: a second kernel merges.
+  int* counters = nullptr;
   int B = 0, Hq = 0, Hkv = 0, D = 0;
   int splits = 1;                    // S
   int window = 0;                    // 0 = attend to all len keys, else the last `window`
   float scale = 0.f;
 };
 
-// Number of key splits that fills the device for a batch of B with Hkv heads (at most 128).
-int DecodeAttentionSplits(int B, int Hkv, int num_sms);
+// Number of key splits for a batch of B with Hq / Hkv heads of size D: one full wave of split
+// blocks (as many as the SMs hold at once), at most 128. KVR_DECODE_SPLITS_PER_SM (a knob for
+// benchmarks) replaces the blocks per SM that the occupancy calculator gives.
+int DecodeAttentionSplits(DType dt, int B, int Hq, int Hkv, int D, int num_sms);
 
 // Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192.
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream);

@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "kernels/cuda_check.h"
 
 namespace kvr::kernels {
@@ -43,6 +45,51 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
   __syncthreads();
   v = lane < nwarps ? scratch[lane] : 0.f;
   return WarpSum(v);
+}
+
+// Programmatic dependent launch (Hopper). A kernel launched by LaunchPdl may start while the
+// kernel before it on the stream is still running, once that kernel's blocks have all called
+// PdlTrigger (or exited). Contract for every kernel launched that way: before PdlWait it reads
+// only immutable data (weights) and writes nothing; PdlWait returns when the previous kernel has
+// completed and its writes are visible. Both are no-ops when the kernel was launched normally.
+// Decode steps are chains of short kernels: this hides each launch and lets a GEMV start
+// streaming its weights while the kernel before it finishes.
+__device__ __forceinline__ void PdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void PdlTrigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Whether LaunchPdl asks for early launch: on unless the environment sets KVR_PDL=0 (for
+// measuring what it buys; read once).
+inline bool PdlEnabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("KVR_PDL");
+    return !(e != nullptr && e[0] == '0');
+  }();
+  return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
+template <typename... KArgs, typename... Args>
+cudaError_t LaunchPdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = PdlEnabled() ? 1 : 0;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
 }
 
 // Calls f.template operator()<T>() with T the CUDA element type of `dt`.

@@ -8,6 +8,8 @@ namespace {
 template <typename T>
 __global__ void EmbeddingKernel(const T* __restrict__ table, const int32_t* __restrict__ ids,
                                 int C, int V, float* __restrict__ out) {
+  PdlWait();
+  PdlTrigger();
   const int row = blockIdx.x;
   const int id = ids[row];
   float* o = out + static_cast<size_t>(row) * C;
@@ -22,8 +24,8 @@ cudaError_t EmbeddingLookup(DType dt, const void* table, const int32_t* ids, int
                             float* out, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
-    EmbeddingKernel<T><<<n, 256, 0, stream>>>(static_cast<const T*>(table), ids, C, V, out);
-    return cudaGetLastError();
+    return LaunchPdl(EmbeddingKernel<T>, dim3(n), dim3(256), 0, stream,
+                     static_cast<const T*>(table), ids, C, V, out);
   });
 }
 

@@ -1,9 +1,17 @@
 // Decode GEMV kernel. See gemv.cuh.
 //
-// Block of 4 warps; warp w computes output row blockIdx.x * 4 + w for all n input rows: each lane
-// reads 8 consecutive weights (16 bytes) per step, 4 steps in flight, and the matching x values
-// (small, cached); fp32 accumulation, a warp reduction, lane 0 writes.
+// Block of kWarps warps. kSplit warps share one output row, each taking a contiguous range of the
+// row's 256-element chunks (lane l reads elements chunk * 256 + 8l .. + 7 as one 16-byte load); a
+// block covers kWarps / kSplit rows. A warp issues kUnroll weight loads at a time; with kPipe the
+// next kUnroll are issued before the current ones are consumed (two batches in flight). The x
+// values are small and cached (__ldg). The first batch is loaded before PdlWait: weights never
+// depend on the previous kernel, so under programmatic dependent launch the weight stream starts
+// while that kernel is finishing. fp32 accumulation; warp sums, then (kSplit > 1) the kSplit
+// partial sums in a fixed order through shared memory: deterministic.
+// The shapes (warps, split, unroll, pipelining) are numbered variants, measured against each
+// other by kvr_cuda_bench; Gemv picks by the product's shape.
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/common.cuh"
 #include "kernels/gemv.cuh"
@@ -11,51 +19,75 @@
 namespace kvr::kernels {
 namespace {
 
-constexpr int kWarps = 4;
-
-template <typename T, int N>
+template <typename T, int N, int kWarps, int kSplit, int kUnroll, bool kPipe>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ x,
                                                           const T* __restrict__ w, int in, int out,
                                                           void* y, bool y_f32, float beta) {
-  const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (row >= out) return;
-  const T* wr = w + static_cast<size_t>(row) * in;
+  constexpr int kRows = kWarps / kSplit;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * kRows + warp / kSplit;
+  const int part = warp % kSplit;
+  const bool active = row < out;
+  const int chunks = (in + 255) / 256;
+  const int c0 = part * chunks / kSplit, c1 = (part + 1) * chunks / kSplit;
+  const T* wr = w + static_cast<size_t>(active ? row : 0) * in + lane * 8;
+  auto valid = [&](int c) { return active && c < c1 && c * 256 + lane * 8 < in; };
+  auto load = [&](int c) {
+    return valid(c) ? __ldg(reinterpret_cast<const uint4*>(wr + c * 256)) : make_uint4(0, 0, 0, 0);
+  };
+  uint4 wv[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) wv[u] = load(c0 + u);
+  PdlWait();
+  PdlTrigger();
   float acc[N];
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = 0.f;
-  constexpr int kUnroll = 4;
-  int k = lane * 8;
-  for (; k + (kUnroll - 1) * 256 < in; k += kUnroll * 256) {
-    uint4 wv[kUnroll];
+  for (int c = c0; c < c1; c += kUnroll) {
+    uint4 nx[kPipe ? kUnroll : 1];
+    if constexpr (kPipe) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldg(reinterpret_cast<const uint4*>(wr + k + u * 256));
+      for (int u = 0; u < kUnroll; ++u) nx[u] = load(c + kUnroll + u);
+    } else if (c != c0) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) wv[u] = load(c + u);
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      if (!valid(c + u)) continue;
+      const int k = (c + u) * 256 + lane * 8;
       const T* wa = reinterpret_cast<const T*>(&wv[u]);
 #pragma unroll
       for (int r = 0; r < N; ++r) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * in + k + u * 256));
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * in + k));
         const T* xa = reinterpret_cast<const T*>(&xv);
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[r] += ToF(wa[e]) * ToF(xa[e]);
       }
     }
-  }
-  for (; k < in; k += 256) {
-    const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + k));
-    const T* wa = reinterpret_cast<const T*>(&wv);
+    if constexpr (kPipe) {
 #pragma unroll
-    for (int r = 0; r < N; ++r) {
-      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * in + k));
-      const T* xa = reinterpret_cast<const T*>(&xv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r] += ToF(wa[e]) * ToF(xa[e]);
+      for (int u = 0; u < kUnroll; ++u) wv[u] = nx[u];
     }
   }
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = WarpSum(acc[r]);
-  if (lane == 0) {
+  if constexpr (kSplit > 1) {
+    __shared__ float partial[kWarps][N];
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < N; ++r) partial[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (part != 0) return;
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+      acc[r] = partial[warp][r];
+#pragma unroll
+      for (int q = 1; q < kSplit; ++q) acc[r] += partial[warp + q][r];
+    }
+  }
+  if (lane == 0 && active) {
 #pragma unroll
     for (int r = 0; r < N; ++r) {
       const size_t i = static_cast<size_t>(r) * out + row;
@@ -69,29 +101,75 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ 
   }
 }
 
+struct Args {
+  const void* x;
+  const void* w;
+  int in, out;
+  void* y;
+  bool y_f32;
+  float beta;
+  cudaStream_t stream;
+};
+
+template <typename T, int N, int kWarps, int kSplit, int kUnroll, bool kPipe>
+cudaError_t Launch(const Args& a) {
+  constexpr int kRows = kWarps / kSplit;
+  return LaunchPdl(GemvKernel<T, N, kWarps, kSplit, kUnroll, kPipe>,
+                   dim3((a.out + kRows - 1) / kRows), dim3(kWarps * 32), 0, a.stream,
+                   static_cast<const T*>(a.x), static_cast<const T*>(a.w), a.in, a.out, a.y,
+                   a.y_f32, a.beta);
+}
+
+// Variants: (warps, warps per row, loads per batch, two batches in flight).
 template <typename T, int N>
-cudaError_t Launch(const void* x, const void* w, int in, int out, void* y, bool y_f32, float beta,
-                   cudaStream_t stream) {
-  GemvKernel<T, N><<<(out + kWarps - 1) / kWarps, kWarps * 32, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(w), in, out, y, y_f32, beta);
-  return cudaGetLastError();
+cudaError_t LaunchVariant(int v, const Args& a) {
+  switch (v) {
+    case 0: return Launch<T, N, 4, 1, 4, false>(a);
+    case 1: return Launch<T, N, 4, 1, 8, false>(a);
+    case 2: return Launch<T, N, 4, 1, 4, true>(a);
+    case 3: return Launch<T, N, 8, 2, 4, true>(a);
+    case 4: return Launch<T, N, 8, 4, 4, true>(a);
+    case 5: return Launch<T, N, 4, 1, 16, false>(a);
+    case 6: return Launch<T, N, 4, 2, 8, false>(a);
+    default: return Launch<T, N, 2, 1, 8, false>(a);
+  }
+}
+
+// The variant for a shape: KVR_GEMV_VARIANT when set (benchmarks), else by measurement.
+int ChooseVariant(int n, int in, int out) {
+  static const int forced = [] {
+    const char* e = std::getenv("KVR_GEMV_VARIANT");
+    return e != nullptr ? std::atoi(e) : -1;
+  }();
+  if (forced >= 0 && forced < kGemvVariants) return forced;
+  (void)n;
+  (void)in;
+  (void)out;
+  return 0;
 }
 
 }  // namespace
 
-cudaError_t Gemv(DType dt, const void* x, const void* w, int n, int in, int out, void* y,
-                 bool y_f32, float beta, cudaStream_t stream) {
+cudaError_t GemvVariant(int variant, DType dt, const void* x, const void* w, int n, int in,
+                        int out, void* y, bool y_f32, float beta, cudaStream_t stream) {
   if (n < 1 || n > kGemvMaxRows || in % 8 != 0 || (reinterpret_cast<uintptr_t>(x) & 15) ||
-      (reinterpret_cast<uintptr_t>(w) & 15))
+      (reinterpret_cast<uintptr_t>(w) & 15) || variant >= kGemvVariants)
     return cudaErrorInvalidValue;
+  const int v = variant >= 0 ? variant : ChooseVariant(n, in, out);
+  const Args a{x, w, in, out, y, y_f32, beta, stream};
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
     switch (n) {
-      case 1: return Launch<T, 1>(x, w, in, out, y, y_f32, beta, stream);
-      case 2: return Launch<T, 2>(x, w, in, out, y, y_f32, beta, stream);
-      case 3: return Launch<T, 3>(x, w, in, out, y, y_f32, beta, stream);
-      default: return Launch<T, 4>(x, w, in, out, y, y_f32, beta, stream);
+      case 1: return LaunchVariant<T, 1>(v, a);
+      case 2: return LaunchVariant<T, 2>(v, a);
+      case 3: return LaunchVariant<T, 3>(v, a);
+      default: return LaunchVariant<T, 4>(v, a);
     }
   });
+}
+
+cudaError_t Gemv(DType dt, const void* x, const void* w, int n, int in, int out, void* y,
+                 bool y_f32, float beta, cudaStream_t stream) {
+  return GemvVariant(-1, dt, x, w, n, in, out, y, y_f32, beta, stream);
 }
 
 }  // namespace kvr::kernels

@@ -12,10 +12,16 @@
 namespace kvr::kernels {
 
 constexpr int kGemvMaxRows = 4;
+constexpr int kGemvVariants = 8;
 
 // Returns cudaErrorInvalidValue unless 1 <= n <= kGemvMaxRows and in % 8 == 0 and x, W are
 // 16-byte aligned.
 cudaError_t Gemv(DType dt, const void* x, const void* w, int n, int in, int out, void* y,
                  bool y_f32, float beta, cudaStream_t stream);
+
+// The same with kernel variant `variant` (0 .. kGemvVariants - 1; -1 = Gemv's own choice), for
+// benchmarks that compare the variants.
+cudaError_t GemvVariant(int variant, DType dt, const void* x, const void* w, int n, int in,
+                        int out, void* y, bool y_f32, float beta, cudaStream_t stream);
 
 }  // namespace kvr::kernels

@@ -5,6 +5,7 @@
 //                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
 //                  [--attn_impl mma,cudnn] [--attn_prefix S]
 //                  [--serve_lens 3001,5500,9000,12345,16000] [--serve_chunk 2048]
+//                  [--gemv_bench 0|1]
 //
 // Measures, each the median of --reps after warm-ups:
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
@@ -45,6 +46,7 @@
 #include "kernels/attention_prefill.cuh"
 #include "kernels/cudnn_attention.h"
 #include "kernels/gemm.h"
+#include "kernels/gemv.cuh"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -136,7 +138,7 @@ int main(int argc, char** argv) {
   std::string shape = "llama2-7b", out_path, dtype = "bf16";
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
   std::string attn_impl_s = "mma", serve_lens_s = "3001,5500,9000,12345,16000";
-  int layers = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048;
+  int layers = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048, gemv_bench = 1;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -153,6 +155,7 @@ int main(int argc, char** argv) {
     else if (a == "--attn_prefix") attn_prefix = std::atoi(next().c_str());
     else if (a == "--serve_lens") serve_lens_s = next();
     else if (a == "--serve_chunk") serve_chunk = std::atoi(next().c_str());
+    else if (a == "--gemv_bench") gemv_bench = std::atoi(next().c_str());
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   std::vector<std::string> attn_impls;
@@ -222,17 +225,38 @@ int main(int argc, char** argv) {
     if (gemm.Init() != CUBLAS_STATUS_SUCCESS) { std::fprintf(stderr, "gemm init\n"); return 1; }
     const double tg = event_ms([&] { gemm.Linear(kdt, x, w, M, M, M, y, K::GemmOut::kSame, 0.f, stream); }, 3, 10);
     gemm_tflops = 2.0 * M * M * M / (tg * 1e-3) / 1e12;
-    // Decode-shaped products (one row): cuBLASLt against the GEMV kernel, in GB/s of weights.
-    const int shapes[][2] = {{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}};
+    // Decode-shaped products (one row): cuBLASLt against the GEMV kernel (Gemv's own variant
+    // choice, then each variant), in GB/s of weights. Each run reads another copy of the weights
+    // in a 1 GiB buffer, so that, as in a decode step, none of them is in L2.
+    const size_t big = size_t{1} << 30;
+    void* wbig = nullptr;
+    Check(cudaMalloc(&wbig, big), "malloc");
+    Check(K::FillUniform(kdt, wbig, big / 2, 0.05f, 6, stream), "fill");
+    const int shapes[][2] = {{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}, {4096, 32000},
+                             {4096, 6144}, {4096, 28672}, {14336, 4096}};
     for (auto& s : shapes) {
-      for (int g = 0; g < 2; ++g) {
-        gemm.set_use_gemv(g == 1);
-        const double t1 = event_ms([&] { gemm.Linear(kdt, x, w, 1, s[0], s[1], y, K::GemmOut::kSame, 0.f, stream); }, 3, 20);
-        const double gbs = 2.0 * s[0] * s[1] / (t1 * 1e-3) / 1e9;
-        out["gemv"].push_back({{"in", s[0]}, {"out", s[1]}, {"impl", g ? "gemv" : "cublaslt"}, {"us", t1 * 1e3}, {"GBps", gbs}});
-        std::printf("1-row product %5d -> %5d %-8s %7.1f us  %6.0f GB/s\n", s[0], s[1], g ? "gemv" : "cublaslt", t1 * 1e3, gbs);
+      if (!gemv_bench) break;
+      const size_t bytes = 2ull * s[0] * s[1];
+      const int copies = static_cast<int>(big / bytes);
+      int rep = 0;
+      auto wat = [&] { return static_cast<char*>(wbig) + (rep++ % copies) * bytes; };
+      for (int g = -2; g < K::kGemvVariants; ++g) {
+        double t1;
+        std::string impl;
+        if (g == -2) {
+          gemm.set_use_gemv(false);
+          impl = "cublaslt";
+          t1 = event_ms([&] { gemm.Linear(kdt, x, wat(), 1, s[0], s[1], y, K::GemmOut::kSame, 0.f, stream); }, 3, 20);
+        } else {
+          impl = g < 0 ? "gemv" : "gemv-v" + std::to_string(g);
+          t1 = event_ms([&] { K::GemvVariant(g, kdt, x, wat(), 1, s[0], s[1], y, false, 0.f, stream); }, 3, 20);
+        }
+        const double gbs = bytes / (t1 * 1e-3) / 1e9;
+        out["gemv"].push_back({{"in", s[0]}, {"out", s[1]}, {"impl", impl}, {"us", t1 * 1e3}, {"GBps", gbs}});
+        std::printf("1-row product %5d -> %5d %-9s %7.1f us  %6.0f GB/s\n", s[0], s[1], impl.c_str(), t1 * 1e3, gbs);
       }
     }
+    cudaFree(wbig);
     cudaFree(x);
     cudaFree(w);
     cudaFree(y);

@@ -795,6 +795,9 @@ class CudaRunner : public ModelRunner {
   }
 
   // ---- decode ----
+  int DecodeSplits(int B) const {
+    return K::DecodeAttentionSplits(dt_, B, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim, num_sms_);
+  }
   size_t TabPtrOffset(int B) const { return AlignUp(3ull * B * sizeof(int32_t)); }
   size_t TabBytes(int B) const { return TabPtrOffset(B) + 2ull * cfg_.num_layers * B * sizeof(void*); }
 
@@ -807,6 +810,8 @@ class CudaRunner : public ModelRunner {
 
   void FreeDecode() {
     if (dec_mem_) cudaFree(dec_mem_);
+    if (dec_counters_) cudaFree(dec_counters_);
+    dec_counters_ = nullptr;
     if (dev_tab_) cudaFree(dev_tab_);
     if (host_tab_) cudaFreeHost(host_tab_);
     dec_mem_ = nullptr;
@@ -828,14 +833,17 @@ class CudaRunner : public ModelRunner {
     const int cap = std::max(B, 8);
     size_t part_rows = 0;
     for (int b = 1; b <= cap; ++b)
-      part_rows = std::max(part_rows, static_cast<size_t>(b) * K::DecodeAttentionSplits(b, cfg_.num_kv_heads, num_sms_));
+      part_rows = std::max(part_rows, static_cast<size_t>(b) * DecodeSplits(b));
     Carver c(nullptr);
     DecodeBuffers tmp;
     CarveDecode(c, cap, &tmp, part_rows);
     KVR_CU(cudaMalloc(&dec_mem_, c.size()));
+    // Decode-attention merge counters (cap, Hkv): zero between steps, whatever B a step has.
+    KVR_CU(cudaMalloc(&dec_counters_, sizeof(int) * cap * cfg_.num_kv_heads));
+    KVR_CU(cudaMemset(dec_counters_, 0, sizeof(int) * cap * cfg_.num_kv_heads));
     KVR_CU(cudaMalloc(&dev_tab_, TabBytes(cap)));
     KVR_CU(cudaMallocHost(&host_tab_, TabBytes(cap)));
-    decode_bytes_ = c.size() + TabBytes(cap);
+    decode_bytes_ = c.size() + TabBytes(cap) + sizeof(int) * cap * cfg_.num_kv_heads;
     dec_cap_ = cap;
     SetDecodeViews(B);
     return absl::OkStatus();
@@ -845,7 +853,7 @@ class CudaRunner : public ModelRunner {
   // (the split count shrinks as B grows, not always in proportion).
   void CarveDecode(Carver& c, int B, DecodeBuffers* d, size_t part_rows = 0) const {
     const size_t b = B, C = cfg_.hidden_size;
-    if (part_rows == 0) part_rows = b * K::DecodeAttentionSplits(B, cfg_.num_kv_heads, num_sms_);
+    if (part_rows == 0) part_rows = b * DecodeSplits(B);
     d->x = c.Take<float>(b * C);
     d->h = c.Take<void>(b * C, 2);
     d->qkv = c.Take<void>(b * cfg_.qkv_dim(), 2);
@@ -890,11 +898,12 @@ class CudaRunner : public ModelRunner {
       ap.out = dec_.attn;
       ap.o_part = dec_.o_part;
       ap.lse_part = dec_.lse_part;
+      ap.counters = dec_counters_;
       ap.B = B;
       ap.Hq = cfg_.num_q_heads;
       ap.Hkv = cfg_.num_kv_heads;
       ap.D = cfg_.head_dim;
-      ap.splits = K::DecodeAttentionSplits(B, cfg_.num_kv_heads, num_sms_);
+      ap.splits = DecodeSplits(B);
       ap.window = cfg_.sliding_window;
       ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
       KVR_CU(K::DecodeAttention(dt_, ap, stream_));
@@ -923,6 +932,7 @@ class CudaRunner : public ModelRunner {
   std::vector<DevLayer> layers_;
   // decode
   void* dec_mem_ = nullptr;
+  int* dec_counters_ = nullptr;
   void* dev_tab_ = nullptr;
   std::byte* host_tab_ = nullptr;
   size_t decode_bytes_ = 0;

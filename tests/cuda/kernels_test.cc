@@ -97,7 +97,7 @@ TEST(Kernels, RopeAppendPrefillAndDecode) {
   for (DType dt : kTypes) {
     struct Case { int n, Hq, Hkv, D, pos0; bool table; };
     for (Case cs : {Case{13, 8, 2, 128, 77, false}, Case{1, 71, 1, 64, 4095, false},
-                    Case{3, 4, 4, 64, 0, true}}) {
+                    Case{3, 4, 4, 64, 0, true}, Case{40, 32, 8, 128, 1000, false}}) {
       const int E = (cs.Hq + 2 * cs.Hkv) * cs.D, cap = 4200;
       auto qkv = RandomHalf(dt, static_cast<size_t>(cs.n) * E, 1.f, rng);
       std::vector<float> inv(cs.D / 2);
@@ -204,8 +204,9 @@ TEST(Kernels, GemmLinear) {
   for (DType dt : kTypes) {
     gemm.set_use_gemv(use_gemv != 0);
     struct Case { int n, in, out; };
+    // GEMV rows per warp split: 4 (narrow), 2, 1 (wide), with odd chunk counts.
     for (Case cs : {Case{1, 4096, 1000}, Case{3, 520, 264}, Case{4, 4544, 71}, Case{2, 11008, 33},
-                    Case{37, 520, 264}, Case{300, 128, 72}}) {
+                    Case{1, 264, 17000}, Case{4, 2056, 7001}, Case{37, 520, 264}, Case{300, 128, 72}}) {
       auto x = RandomHalf(dt, static_cast<size_t>(cs.n) * cs.in, 1.f, rng);
       auto w = RandomHalf(dt, static_cast<size_t>(cs.out) * cs.in, 0.05f, rng);
       std::vector<float> y0(static_cast<size_t>(cs.n) * cs.out);
@@ -729,30 +730,42 @@ TEST(Kernels, DecodeAttention) {
       CUDA_OK(dvt.Upload(vt));
       std::vector<int32_t> lens(c.lens.begin(), c.lens.end());
       CUDA_OK(dlen.Upload(lens));
-      CUDA_OK(dout.Poison());
-      CUDA_OK(opart.Poison());
-      CUDA_OK(lpart.Poison());
-      DecodeAttnParams p;
-      p.q = dq.get(); p.k_table = dkt.get(); p.v_table = dvt.get(); p.len = dlen.get();
-      p.out = dout.get(); p.o_part = opart.get(); p.lse_part = lpart.get();
-      p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.splits = c.splits; p.window = c.window;
-      p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
-      CUDA_OK(DecodeAttention(dt, p, nullptr));
-      CUDA_OK(cudaDeviceSynchronize());
-      auto out = ToFloat(dt, dout.Download());
-      std::vector<float> got;
-      std::vector<double> ref;
-      for (int b = 0; b < B; ++b) {
-        std::vector<float> qb(q.f.begin() + static_cast<size_t>(b) * c.Hq * c.D,
-                              q.f.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
-        std::vector<int> qpos = {c.lens[b] - 1};
-        auto r = RefAttention(qb, ks[b].f, vs[b].f, 1, 0, c.Hq, c.Hkv, c.D, c.window, &qpos);
-        ref.insert(ref.end(), r.begin(), r.end());
-        got.insert(got.end(), out.begin() + static_cast<size_t>(b) * c.Hq * c.D,
-                   out.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
+      // Both merges: a second kernel, and the last split block (counters); the in-kernel merge
+      // runs twice on the same counters, as graph replays do, to check they are reset.
+      DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hkv);
+      CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hkv));
+      for (int merge = 0; merge < 3; ++merge) {
+        CUDA_OK(dout.Poison());
+        CUDA_OK(opart.Poison());
+        CUDA_OK(lpart.Poison());
+        DecodeAttnParams p;
+        p.q = dq.get(); p.k_table = dkt.get(); p.v_table = dvt.get(); p.len = dlen.get();
+        p.out = dout.get(); p.o_part = opart.get(); p.lse_part = lpart.get();
+        p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.splits = c.splits; p.window = c.window;
+        p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+        p.counters = merge == 0 ? nullptr : counters.get();
+        CUDA_OK(DecodeAttention(dt, p, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        auto out = ToFloat(dt, dout.Download());
+        std::vector<float> got;
+        std::vector<double> ref;
+        for (int b = 0; b < B; ++b) {
+          std::vector<float> qb(q.f.begin() + static_cast<size_t>(b) * c.Hq * c.D,
+                                q.f.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
+          std::vector<int> qpos = {c.lens[b] - 1};
+          auto r = RefAttention(qb, ks[b].f, vs[b].f, 1, 0, c.Hq, c.Hkv, c.D, c.window, &qpos);
+          ref.insert(ref.end(), r.begin(), r.end());
+          got.insert(got.end(), out.begin() + static_cast<size_t>(b) * c.Hq * c.D,
+                     out.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
+        }
+        EXPECT_LT(RelErr(got, ref), 2 * Tol(dt)) << "B=" << B << " Hq=" << c.Hq << " D=" << c.D
+                                                  << " splits=" << c.splits << " merge=" << merge;
+        if (merge > 0) {
+          std::vector<int> left(static_cast<size_t>(B) * c.Hkv, -1);
+          CUDA_OK(cudaMemcpy(left.data(), counters.get(), left.size() * sizeof(int), cudaMemcpyDeviceToHost));
+          EXPECT_EQ(std::count(left.begin(), left.end(), 0), static_cast<long>(left.size())) << "counters not reset";
+        }
       }
-      EXPECT_LT(RelErr(got, ref), 2 * Tol(dt)) << "B=" << B << " Hq=" << c.Hq << " D=" << c.D
-                                                << " splits=" << c.splits;
       for (auto* bf : bufs) delete bf;
     }
   }
