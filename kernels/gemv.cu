@@ -9,7 +9,9 @@
 // while that kernel is finishing. fp32 accumulation; warp sums, then (kSplit > 1) the kSplit
 // partial sums in a fixed order through shared memory: deterministic.
 // The shapes (warps, split, unroll, pipelining) are numbered variants, measured against each
-// other by kvr_cuda_bench; Gemv picks by the product's shape.
+// other by kvr_cuda_bench (docs/benchmarks.md): variant 4 (8 warps, 4 per row, 4 loads, two
+// batches in flight) was the fastest on every decode shape of the 7B/8B models on an H200, alone
+// and in the whole decode step, so Gemv uses it.
 #include <cstdint>
 #include <cstdlib>
 
@@ -19,18 +21,13 @@
 namespace kvr::kernels {
 namespace {
 
-template <typename T, int N, int kWarps, int kSplit, int kUnroll, bool kPipe>
-__global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ x,
-                                                          const T* __restrict__ w, int in, int out,
-                                                          void* y, bool y_f32, float beta) {
-  constexpr int kRows = kWarps / kSplit;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row = blockIdx.x * kRows + warp / kSplit;
-  const int part = warp % kSplit;
-  const bool active = row < out;
-  const int chunks = (in + 255) / 256;
-  const int c0 = part * chunks / kSplit, c1 = (part + 1) * chunks / kSplit;
-  const T* wr = w + static_cast<size_t>(active ? row : 0) * in + lane * 8;
+// acc[r] += (this lane's share of) dot(x row r, weight row) over chunks [c0, c1) of the row; wr
+// already points at the lane's first element. Issues the first kUnroll weight loads, then waits
+// for the previous kernel (PdlWait) before reading x. Every thread of the block must call it.
+template <typename T, int N, int kUnroll, bool kPipe>
+__device__ __forceinline__ void RowDot(const T* __restrict__ x, const T* __restrict__ wr, int in,
+                                       int c0, int c1, bool active, float (&acc)[N]) {
+  const int lane = threadIdx.x & 31;
   auto valid = [&](int c) { return active && c < c1 && c * 256 + lane * 8 < in; };
   auto load = [&](int c) {
     return valid(c) ? __ldg(reinterpret_cast<const uint4*>(wr + c * 256)) : make_uint4(0, 0, 0, 0);
@@ -40,7 +37,6 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ 
   for (int u = 0; u < kUnroll; ++u) wv[u] = load(c0 + u);
   PdlWait();
   PdlTrigger();
-  float acc[N];
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = 0.f;
   for (int c = c0; c < c1; c += kUnroll) {
@@ -72,6 +68,22 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ 
   }
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = WarpSum(acc[r]);
+}
+
+template <typename T, int N, int kWarps, int kSplit, int kUnroll, bool kPipe>
+__global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ x,
+                                                          const T* __restrict__ w, int in, int out,
+                                                          void* y, bool y_f32, float beta) {
+  constexpr int kRows = kWarps / kSplit;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * kRows + warp / kSplit;
+  const int part = warp % kSplit;
+  const bool active = row < out;
+  const int chunks = (in + 255) / 256;
+  const int c0 = part * chunks / kSplit, c1 = (part + 1) * chunks / kSplit;
+  const T* wr = w + static_cast<size_t>(active ? row : 0) * in + lane * 8;
+  float acc[N];
+  RowDot<T, N, kUnroll, kPipe>(x, wr, in, c0, c1, active, acc);
   if constexpr (kSplit > 1) {
     __shared__ float partial[kWarps][N];
     if (lane == 0) {
@@ -145,7 +157,7 @@ int ChooseVariant(int n, int in, int out) {
   (void)n;
   (void)in;
   (void)out;
-  return 0;
+  return 4;
 }
 
 }  // namespace

