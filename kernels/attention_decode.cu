@@ -24,8 +24,13 @@ namespace {
 constexpr int kTile = 64;
 constexpr int kThreads = 128;
 
-// Shared memory the merge needs: per query of the group, the split weights and their sum.
+// Dynamic shared memory of a split block: the K/V tiles (two buffers each) or, after the key
+// loop, the merge's split weights and sums; then Q, O, P and the softmax state.
+inline size_t TileSmemBytes(int D, size_t elem) { return 4 * kTile * (D + 8) * elem; }
 inline size_t MergeSmemBytes(int G, int splits) { return (static_cast<size_t>(G) * splits + G) * sizeof(float); }
+inline size_t StateSmemBytes(int G, int D) {
+  return (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
+}
 
 // Called by every thread of a split block after its O / lse are written. The block that finishes
 // its group (sequence b, kv head hk) last merges the G heads' splits into out and resets the
@@ -164,20 +169,21 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       }
       acc += __shfl_xor_sync(0xffffffffu, acc, 1);
       if ((tid & 1) == 0) sP[j] = (j0 + j < e) ? acc * scale_log2 : -INFINITY;
-    } else
-    for (int pr = tid; pr < G * kTile; pr += kThreads) {
-      const int g = pr / kTile, j = pr % kTile;
-      float acc = 0.f;
-      const float* qg = sQ + g * D;
-      const T* kr = tk + j * kRow;
+    } else {
+      for (int pr = tid; pr < G * kTile; pr += kThreads) {
+        const int g = pr / kTile, j = pr % kTile;
+        float acc = 0.f;
+        const float* qg = sQ + g * D;
+        const T* kr = tk + j * kRow;
 #pragma unroll
-      for (int d = 0; d < D; d += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
-        const T* kv = reinterpret_cast<const T*>(&raw);
+        for (int d = 0; d < D; d += 8) {
+          const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
+          const T* kv = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-        for (int u = 0; u < 8; ++u) acc += qg[d + u] * ToF(kv[u]);
+          for (int u = 0; u < 8; ++u) acc += qg[d + u] * ToF(kv[u]);
+        }
+        sP[pr] = (j0 + j < e) ? acc * scale_log2 : -INFINITY;
       }
-      sP[pr] = (j0 + j < e) ? acc * scale_log2 : -INFINITY;
     }
     __syncthreads();
     // Online softmax: warp w handles queries w, w + 4, ...
@@ -245,10 +251,8 @@ __global__ void DecodeCombineKernel(DecodeAttnParams p) {
 template <typename T, int D>
 cudaError_t Launch(const DecodeAttnParams& p, cudaStream_t stream) {
   const int G = p.Hq / p.Hkv;
-  // K/V tiles, or (after the key loop) the merge's weights; then Q, O, P and the softmax state.
-  const size_t tiles = 4 * kTile * (D + 8) * sizeof(T);
-  const size_t smem = std::max(tiles, MergeSmemBytes(G, p.splits)) +
-                      (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
+  const size_t smem = std::max(TileSmemBytes(D, sizeof(T)), MergeSmemBytes(G, p.splits)) +
+                      StateSmemBytes(G, D);
   auto kernel = DecodeSplitKernel<T, D>;
   KVR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
@@ -266,9 +270,7 @@ int DecodeAttentionSplits(DType dt, int B, int Hq, int Hkv, int D, int num_sms) 
   if (per_sm <= 0 && Hkv > 0 && Hq % Hkv == 0 && (D == 64 || D == 128)) {
     KVR_DISPATCH_DTYPE(dt, T, [&] {
       auto kernel = D == 64 ? DecodeSplitKernel<T, 64> : DecodeSplitKernel<T, 128>;
-      const int G = Hq / Hkv;
-      const size_t smem = 4 * kTile * (D + 8) * sizeof(T) +
-                          (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
+      const size_t smem = TileSmemBytes(D, sizeof(T)) + StateSmemBytes(Hq / Hkv, D);
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem)) == cudaSuccess)
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
