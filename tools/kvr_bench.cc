@@ -50,6 +50,7 @@
 #include "engine/prefill/split_table.h"
 #include "engine/util/clock.h"
 #include "engine/util/log.h"
+#include "engine/util/median.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -102,11 +103,6 @@ std::vector<int> Ints(const std::string& s) {
     if (absl::SimpleAtoi(p, &x)) v.push_back(x);
   }
   return v;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 std::vector<double> Millis(const std::vector<double>& seconds) {

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "engine/cuda/cuda_runner.h"
+#include "engine/util/median.h"
 #include "kernels/activation.cuh"
 #include "kernels/attention_prefill.cuh"
 #include "kernels/cudnn_attention.h"
@@ -53,6 +54,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace K = kvr::kernels;
+using kvr::Median;
 
 std::vector<int> Ints(const std::string& s) {
   std::vector<int> v;
@@ -60,11 +62,6 @@ std::vector<int> Ints(const std::string& s) {
   std::string x;
   while (std::getline(ss, x, ',')) if (!x.empty()) v.push_back(std::atoi(x.c_str()));
   return v;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 void Check(cudaError_t e, const char* what) {

@@ -6,17 +6,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/util/clock.h"
+#include "engine/util/median.h"
 #include "engine/util/status_macros.h"
 
 namespace kvr {
 namespace {
 
 double Pairs(const CalibrationChunk& c) { return double(c.n) * c.s + double(c.n) * (c.n + 1) / 2; }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
 
 }  // namespace
 
