@@ -149,6 +149,30 @@ class Daemon:
             self.proc.wait(timeout=10)
 
 
+def assert_every_admitted_request_ended(d, admitted):
+    """The daemon's finished-request counters add up to the requests the clients saw admitted,
+    and none ended in error."""
+    ended = sum(d.metric("kvr_request_success_total", {"finished_reason": r}) or 0
+                for r in ("stop", "length", "abort", "error"))
+    assert ended == admitted, f"daemon ended {ended}, clients saw {admitted} admitted"
+    assert d.metric("kvr_request_success_total", {"finished_reason": "error"}) == 0
+
+
+def stop_and_pass(d, name):
+    """SIGTERM; the daemon must exit 0. Prints PASS and returns main's exit status."""
+    rc = d.stop(timeout=30)
+    assert rc == 0, f"exit status {rc}"
+    print(f"PASS {name}")
+    return 0
+
+
+def fail_with_log(d, name, error):
+    """Prints FAIL with the reason and the tail of the daemon's log; returns main's exit status."""
+    print(f"FAIL {name}: {error}")
+    print(f"--- kvrd log (tail) ---\n{d.read_log()}")
+    return 1
+
+
 def metric_sum(text, name):
     """The sum of every sample of `name`, whatever its labels; None if absent."""
     total, seen = 0.0, False

@@ -156,11 +156,8 @@ def main():
         d.wait_metric("kvr_num_requests_running", lambda v: v == 0)
         d.wait_metric("kvr_num_requests_waiting", lambda v: v == 0)
         d.wait_metric("kvr_kv_cache_usage_bytes", lambda v: v == 0)
-        ended = sum(d.metric("kvr_request_success_total", {"finished_reason": r}) or 0
-                    for r in ("stop", "length", "abort", "error"))
         admitted = outcomes["completed"] + outcomes["cancelled"] + outcomes["aborted"]
-        assert ended == admitted, f"daemon ended {ended}, clients saw {admitted} admitted"
-        assert d.metric("kvr_request_success_total", {"finished_reason": "error"}) == 0
+        lib.assert_every_admitted_request_ended(d, admitted)
         rej = d.metric("kvr_request_rejected_total", {"code": "RESOURCE_EXHAUSTED"})
         assert rej == outcomes["rejected"], (rej, outcomes["rejected"])
 
@@ -171,14 +168,9 @@ def main():
         print(f"RSS peak: first half {first / 1024:.1f} MiB, second half {second / 1024:.1f} MiB")
         assert second <= first * 1.25 + 32 * 1024 and second - first < 32 * 1024, (first, second)
 
-        rc = d.stop(timeout=30)
-        assert rc == 0, f"exit status {rc}"
-        print("PASS load test")
-        return 0
+        return lib.stop_and_pass(d, "load test")
     except Exception as e:  # noqa: BLE001
-        print(f"FAIL load test: {e}")
-        print(f"--- kvrd log (tail) ---\n{d.read_log()}")
-        return 1
+        return lib.fail_with_log(d, "load test", e)
     finally:
         d.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -244,22 +244,14 @@ def main():
         assert outcomes["cancelled"] > 0 and outcomes["aborted"] > 0, outcomes
         assert outcomes["disconnected"] > 0, outcomes
 
-        ended = sum(d.metric("kvr_request_success_total", {"finished_reason": r}) or 0
-                    for r in ("stop", "length", "abort", "error"))
         admitted = (outcomes["served"] + outcomes["cancelled"] + outcomes["aborted"] +
                     outcomes["disconnected"])
-        assert ended == admitted, f"daemon ended {ended}, clients saw {admitted} admitted"
-        assert d.metric("kvr_request_success_total", {"finished_reason": "error"}) == 0
+        lib.assert_every_admitted_request_ended(d, admitted)
         assert rss_end - rss_warm < 32 * 1024, f"RSS grew {rss_warm} -> {rss_end} KiB"
 
-        rc = d.stop(timeout=30)
-        assert rc == 0, f"exit status {rc}"
-        print("PASS soak test")
-        return 0
+        return lib.stop_and_pass(d, "soak test")
     except Exception as e:  # noqa: BLE001
-        print(f"FAIL soak test: {e}")
-        print(f"--- kvrd log (tail) ---\n{d.read_log()}")
-        return 1
+        return lib.fail_with_log(d, "soak test", e)
     finally:
         d.kill()
         shutil.rmtree(work, ignore_errors=True)
