@@ -1,9 +1,12 @@
 // Planners and the cost model: plans are valid, even splits are even, the cost model prefers
 // larger early chunks for causal attention, the search finds the brute-force optimum and
 // scales to 8 GPUs.
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/planner.h"
@@ -242,6 +245,30 @@ TEST(SplitTable, ShippedTablesParse) {
   ASSERT_TRUE(sizes.ok()) << sizes.status();
   EXPECT_EQ((*sizes)[0] + (*sizes)[1], 12000);
   EXPECT_GT((*sizes)[0], (*sizes)[1]);  // the first GPU takes more: its attention is cheaper
+  // Every entry: as many chunks as its setup names GPUs ("shape/4xH200/..."), none empty, adding
+  // up to its context.
+  for (const SplitEntry& e : table->entries()) {
+    const size_t slash = e.setup.find('/'), x = e.setup.find('x', slash);
+    ASSERT_NE(slash, std::string::npos) << e.setup;
+    ASSERT_NE(x, std::string::npos) << e.setup;
+    EXPECT_EQ(static_cast<int>(e.sizes.size()), std::atoi(e.setup.substr(slash + 1, x - slash - 1).c_str()))
+        << e.setup << " at " << e.context;
+    int sum = 0;
+    for (int n : e.sizes) {
+      EXPECT_GT(n, 0) << e.setup << " at " << e.context;
+      sum += n;
+    }
+    EXPECT_EQ(sum, e.context) << e.setup;
+  }
+  // A 4-GPU length between searched ones: four chunks that add up, the first the largest with
+  // NVLink; with links off (host-staged K/V) the search put the short chunks first.
+  auto four = table->Lookup("llama-7b/4xH200/nvlink/cudnn", 12000, 4);
+  ASSERT_TRUE(four.ok()) << four.status();
+  EXPECT_EQ((*four)[0] + (*four)[1] + (*four)[2] + (*four)[3], 12000);
+  EXPECT_EQ(std::max_element(four->begin(), four->end()) - four->begin(), 0);
+  auto off = table->Lookup("llama-7b/4xH200/p2p-off/cudnn", 16384, 4);
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_LT((*off)[0], (*off)[3]);
 }
 
 }  // namespace
