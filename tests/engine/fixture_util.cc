@@ -34,7 +34,8 @@ std::vector<ModelRunner*> LoadedModel::runner_ptrs() const {
   return out;
 }
 
-LoadedModel LoadCpuModel(const std::string& dir, int workers) {
+LoadedModel LoadCpuModel(const std::string& dir, int workers, int faulty,
+                         const CpuRunnerOptions& fault) {
   LoadedModel m;
   auto folder = ModelFolder::Open(dir);
   EXPECT_TRUE(folder.ok()) << folder.status();
@@ -45,7 +46,13 @@ LoadedModel LoadCpuModel(const std::string& dir, int workers) {
   if (!weights.ok()) return m;
   m.weights = std::move(*weights);
   for (int w = 0; w < workers; ++w) {
-    auto runner = MakeCpuRunner(m.folder->config(), m.weights, CpuRunnerOptions{1, w});
+    CpuRunnerOptions o{1, w};
+    if (w == faulty) {
+      o.fail_at_layer = fault.fail_at_layer;
+      o.fail_on_token = fault.fail_on_token;
+      o.hang_seconds = fault.hang_seconds;
+    }
+    auto runner = MakeCpuRunner(m.folder->config(), m.weights, o);
     EXPECT_TRUE(runner.ok()) << runner.status();
     m.runners.push_back(std::move(*runner));
   }

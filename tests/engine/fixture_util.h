@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cpu/cpu_runner.h"
 #include "engine/model/model_folder.h"
 #include "engine/model/model_weights.h"
 #include "engine/runtime/model_runner.h"
@@ -29,14 +30,16 @@ struct Reference {
 };
 Reference LoadReference(const std::string& family);
 
-// A loaded fixture: folder, bound weights and `workers` CPU runners.
+// A loaded fixture: folder, bound weights and `workers` CPU runners. Worker `faulty` (if in
+// range) gets the fault-injection fields of `fault` (fail_at_layer, fail_on_token, hang_seconds).
 struct LoadedModel {
   std::unique_ptr<ModelFolder> folder;
   ModelWeights weights;
   std::vector<std::unique_ptr<ModelRunner>> runners;
   std::vector<ModelRunner*> runner_ptrs() const;
 };
-LoadedModel LoadCpuModel(const std::string& dir, int workers);
+LoadedModel LoadCpuModel(const std::string& dir, int workers, int faulty = -1,
+                         const CpuRunnerOptions& fault = {});
 
 // max |a - b|.
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b);

@@ -29,19 +29,10 @@ constexpr int32_t kTrigger = 7;  // a prefill chunk holding this token fails on 
 // The llama3 fixture on kWorkers CPU runners; worker `faulty` fails at `layer` on chunks that
 // hold kTrigger.
 LoadedModel LoadWithFault(int faulty, int layer) {
-  LoadedModel m = LoadCpuModel(FixtureDir("llama3"), 0);
-  for (int w = 0; w < kWorkers; ++w) {
-    CpuRunnerOptions o;
-    o.device_index = w;
-    if (w == faulty) {
-      o.fail_at_layer = layer;
-      o.fail_on_token = kTrigger;
-    }
-    auto runner = MakeCpuRunner(m.folder->config(), m.weights, o);
-    EXPECT_TRUE(runner.ok()) << runner.status();
-    m.runners.push_back(std::move(*runner));
-  }
-  return m;
+  CpuRunnerOptions fault;
+  fault.fail_at_layer = layer;
+  fault.fail_on_token = kTrigger;
+  return LoadCpuModel(FixtureDir("llama3"), kWorkers, faulty, fault);
 }
 
 // Runs the prefill on another thread so that a hang fails the test instead of blocking it.

@@ -78,20 +78,11 @@ TEST(ChainProgress, NoStallWhenEveryPositionFinishesInTime) {
 // The llama3 fixture on kWorkers CPU runners; kHungWorker stalls for `hang_seconds` at
 // kHungLayer on chunks that hold kTrigger.
 LoadedModel LoadWithHang(double hang_seconds) {
-  LoadedModel m = LoadCpuModel(FixtureDir("llama3"), 0);
-  for (int w = 0; w < kWorkers; ++w) {
-    CpuRunnerOptions o;
-    o.device_index = w;
-    if (w == kHungWorker) {
-      o.fail_at_layer = kHungLayer;
-      o.fail_on_token = kTrigger;
-      o.hang_seconds = hang_seconds;
-    }
-    auto runner = MakeCpuRunner(m.folder->config(), m.weights, o);
-    EXPECT_TRUE(runner.ok()) << runner.status();
-    m.runners.push_back(std::move(*runner));
-  }
-  return m;
+  CpuRunnerOptions fault;
+  fault.fail_at_layer = kHungLayer;
+  fault.fail_on_token = kTrigger;
+  fault.hang_seconds = hang_seconds;
+  return LoadCpuModel(FixtureDir("llama3"), kWorkers, kHungWorker, fault);
 }
 
 std::vector<int32_t> Prompt(bool with_trigger) {
