@@ -91,10 +91,9 @@ def main():
                 print(f"FAIL {name}: {e}", flush=True)
                 traceback.print_exc()
 
-        baseline = greedy()
-
-        def one_fault():
-            # A long stream first: it must run on while the faulty request fails.
+        def start_long_stream():
+            """A 60-token stream on the current daemon, in a thread, running once this returns:
+            it must run on while another request fails."""
             long_done = {}
 
             def long_stream():
@@ -105,13 +104,23 @@ def main():
             t = threading.Thread(target=long_stream)
             t.start()
             d.wait_metric("kvr_num_requests_running", lambda v: v >= 1, timeout=30)
+            return t, long_done
+
+        def finish_long_stream(t, long_done):
+            t.join(timeout=120)
+            assert not t.is_alive(), "the running stream hung"
+            assert "ids" in long_done and len(long_done["ids"]) == 60, long_done
+
+        baseline = greedy()
+
+        def one_fault():
+            # A long stream first: it must run on while the faulty request fails.
+            t, long_done = start_long_stream()
             e = faulty()
             assert e.code() == grpc.StatusCode.INTERNAL, (e.code(), e.details())
             assert "cpu worker 1" in e.details() and "injected fault at layer 1" in e.details(), \
                 e.details()
-            t.join(timeout=120)
-            assert not t.is_alive(), "the running stream hung"
-            assert "ids" in long_done and len(long_done["ids"]) == 60, long_done
+            finish_long_stream(t, long_done)
             assert lib.health_check(d.channel, timeout=5) == 1, "one failure must not flip health"
             assert greedy() == baseline, "output changed after a fault"
             assert d.metric("kvr_request_success_total", {"finished_reason": "error"}) == 1
@@ -174,16 +183,7 @@ def main():
                     time.sleep(0.2)
 
         def one_hang():
-            long_done = {}
-
-            def long_stream():
-                try:
-                    long_done["ids"] = greedy(max_tokens=60)
-                except Exception as e:  # noqa: BLE001
-                    long_done["error"] = e
-            t = threading.Thread(target=long_stream)
-            t.start()
-            d.wait_metric("kvr_num_requests_running", lambda v: v >= 1, timeout=30)
+            t, long_done = start_long_stream()
             t0 = time.time()
             e = faulty()
             elapsed = time.time() - t0
@@ -192,9 +192,7 @@ def main():
                 e.details()
             assert elapsed < HANG_S, f"failed after {elapsed:.1f} s: the hang ended first"
             assert lib.health_check(d.channel, timeout=5) == 1, "one failure must not flip health"
-            t.join(timeout=120)
-            assert not t.is_alive(), "the running stream hung"
-            assert "ids" in long_done and len(long_done["ids"]) == 60, long_done
+            finish_long_stream(t, long_done)
             assert served_again() == baseline, "output changed after a hang"
         check("a hung worker fails its request with DEADLINE_EXCEEDED naming the worker", one_hang)
 
