@@ -883,6 +883,7 @@ class CudaRunner : public ModelRunner {
     auto** dkt = reinterpret_cast<void**>(static_cast<std::byte*>(dev_tab_) + TabPtrOffset(B));
     void** dvt = dkt + static_cast<size_t>(L) * B;
     KVR_CU(K::EmbeddingLookup(dt_, embed_, dids, B, C, cfg_.vocab_size, dec_.x, stream_));
+    const int splits = DecodeSplits(B);  // an occupancy query: once per step, not per layer
     for (int l = 0; l < L; ++l) {
       const DevLayer& w = layers_[l];
       K::RopeAppendParams rp;
@@ -903,7 +904,7 @@ class CudaRunner : public ModelRunner {
       ap.Hq = cfg_.num_q_heads;
       ap.Hkv = cfg_.num_kv_heads;
       ap.D = cfg_.head_dim;
-      ap.splits = DecodeSplits(B);
+      ap.splits = splits;
       ap.window = cfg_.sliding_window;
       ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
       KVR_CU(K::DecodeAttention(dt_, ap, stream_));
