@@ -225,35 +225,36 @@ int main(int argc, char** argv) {
     // Decode-shaped products (one row): cuBLASLt against the GEMV kernel (Gemv's own variant
     // choice, then each variant), in GB/s of weights. Each run reads another copy of the weights
     // in a 1 GiB buffer, so that, as in a decode step, none of them is in L2.
-    const size_t big = size_t{1} << 30;
-    void* wbig = nullptr;
-    Check(cudaMalloc(&wbig, big), "malloc");
-    Check(K::FillUniform(kdt, wbig, big / 2, 0.05f, 6, stream), "fill");
-    const int shapes[][2] = {{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}, {4096, 32000},
-                             {4096, 6144}, {4096, 28672}, {14336, 4096}};
-    for (auto& s : shapes) {
-      if (!gemv_bench) break;
-      const size_t bytes = 2ull * s[0] * s[1];
-      const int copies = static_cast<int>(big / bytes);
-      int rep = 0;
-      auto wat = [&] { return static_cast<char*>(wbig) + (rep++ % copies) * bytes; };
-      for (int g = -2; g < K::kGemvVariants; ++g) {
-        double t1;
-        std::string impl;
-        if (g == -2) {
-          gemm.set_use_gemv(false);
-          impl = "cublaslt";
-          t1 = event_ms([&] { gemm.Linear(kdt, x, wat(), 1, s[0], s[1], y, K::GemmOut::kSame, 0.f, stream); }, 3, 20);
-        } else {
-          impl = g < 0 ? "gemv" : "gemv-v" + std::to_string(g);
-          t1 = event_ms([&] { K::GemvVariant(g, kdt, x, wat(), 1, s[0], s[1], y, false, 0.f, stream); }, 3, 20);
+    if (gemv_bench) {
+      const size_t big = size_t{1} << 30;
+      void* wbig = nullptr;
+      Check(cudaMalloc(&wbig, big), "malloc");
+      Check(K::FillUniform(kdt, wbig, big / 2, 0.05f, 6, stream), "fill");
+      const int shapes[][2] = {{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}, {4096, 32000},
+                               {4096, 6144}, {4096, 28672}, {14336, 4096}};
+      for (auto& s : shapes) {
+        const size_t bytes = 2ull * s[0] * s[1];
+        const int copies = static_cast<int>(big / bytes);
+        int rep = 0;
+        auto wat = [&] { return static_cast<char*>(wbig) + (rep++ % copies) * bytes; };
+        for (int g = -2; g < K::kGemvVariants; ++g) {
+          double t1;
+          std::string impl;
+          if (g == -2) {
+            gemm.set_use_gemv(false);
+            impl = "cublaslt";
+            t1 = event_ms([&] { gemm.Linear(kdt, x, wat(), 1, s[0], s[1], y, K::GemmOut::kSame, 0.f, stream); }, 3, 20);
+          } else {
+            impl = g < 0 ? "gemv" : "gemv-v" + std::to_string(g);
+            t1 = event_ms([&] { K::GemvVariant(g, kdt, x, wat(), 1, s[0], s[1], y, false, 0.f, stream); }, 3, 20);
+          }
+          const double gbs = bytes / (t1 * 1e-3) / 1e9;
+          out["gemv"].push_back({{"in", s[0]}, {"out", s[1]}, {"impl", impl}, {"us", t1 * 1e3}, {"GBps", gbs}});
+          std::printf("1-row product %5d -> %5d %-9s %7.1f us  %6.0f GB/s\n", s[0], s[1], impl.c_str(), t1 * 1e3, gbs);
         }
-        const double gbs = bytes / (t1 * 1e-3) / 1e9;
-        out["gemv"].push_back({{"in", s[0]}, {"out", s[1]}, {"impl", impl}, {"us", t1 * 1e3}, {"GBps", gbs}});
-        std::printf("1-row product %5d -> %5d %-9s %7.1f us  %6.0f GB/s\n", s[0], s[1], impl.c_str(), t1 * 1e3, gbs);
       }
+      cudaFree(wbig);
     }
-    cudaFree(wbig);
     cudaFree(x);
     cudaFree(w);
     cudaFree(y);
