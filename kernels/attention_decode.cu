@@ -10,6 +10,9 @@
 // group's splits itself (a counter per group, reset by the merging block: graph replays start
 // from zero again); otherwise kernel 2, block (query head, sequence), merges the splits.
 // Both kernels go through LaunchPdl and wait (PdlWait) before reading anything.
+// Fused rotary (p.qkv set): every split block rotates its G queries itself (a few sincosf); the
+// one block whose split holds the newest position (len - 1) rotates that key, writes it and the
+// value to the cache, and only then loads its tiles (the other splits never read that row).
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
@@ -83,6 +86,40 @@ __device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned c
   if (tid == 0) p.counters[b * p.Hkv + hk] = 0;
 }
 
+// Fused rotary: sQ[g][d] = the rotated query g of kv head hk (rounded to T, as RopeAppend
+// stores it); with `append`, also this head's rotated key and value at position len - 1 into the
+// cache. Ends with a block barrier, so the block's tile loads see the appended row. Pairs
+// (i, i + D/2), angle pos * inv_freq[i] in fp32: RopeAppendKernel's arithmetic.
+template <typename T, int D>
+__device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool append, float* sQ) {
+  constexpr int half = D / 2;
+  const int G = p.Hq / p.Hkv, pos = p.len[b] - 1;
+  const T* row = static_cast<const T*>(p.qkv) + static_cast<size_t>(b) * (p.Hq + 2 * p.Hkv) * D;
+  const int n = (G + (append ? 1 : 0)) * half;
+  for (int t = threadIdx.x; t < n; t += kThreads) {
+    const int g = t / half, i = t % half;
+    float sn, cs;
+    sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
+    const T* x = g < G ? row + (hk * G + g) * D : row + (p.Hq + hk) * D;  // query g, or the key
+    const float x1 = ToF(x[i]), x2 = ToF(x[i + half]);
+    const T r1 = FromF<T>(x1 * cs - x2 * sn), r2 = FromF<T>(x2 * cs + x1 * sn);
+    if (g < G) {
+      sQ[g * D + i] = ToF(r1);
+      sQ[g * D + i + half] = ToF(r2);
+    } else {
+      const size_t at = (static_cast<size_t>(pos) * p.Hkv + hk) * D;
+      T* k = static_cast<T*>(p.k_out[b]) + at;
+      T* v = static_cast<T*>(p.v_out[b]) + at;
+      const T* xv = row + (p.Hq + p.Hkv + hk) * D;
+      k[i] = r1;
+      k[i + half] = r2;
+      v[i] = xv[i];
+      v[i + half] = xv[i + half];
+    }
+  }
+  __syncthreads();
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p) {
   constexpr int kRow = D + 8;  // padded row (elements)
@@ -117,11 +154,13 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
   const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
   const size_t stride = static_cast<size_t>(p.Hkv) * D;
-  const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
-  for (int i = tid; i < G * D; i += kThreads) {
-    sQ[i] = ToF(gq[i]);
-    sO[i] = 0.f;
+  if (p.qkv != nullptr) {
+    RotateAndAppend<T, D>(p, b, hk, a <= len - 1 && len - 1 < e, sQ);
+  } else {
+    const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
+    for (int i = tid; i < G * D; i += kThreads) sQ[i] = ToF(gq[i]);
   }
+  for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
     sM[g] = -INFINITY;
     sL[g] = 0.f;
@@ -286,7 +325,8 @@ int DecodeAttentionSplits(DType dt, int B, int Hq, int Hkv, int D, int num_sms) 
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream) {
   if (p.B <= 0) return cudaSuccess;
   if (p.Hkv <= 0 || p.Hq % p.Hkv != 0 || (p.D != 64 && p.D != 128) || p.splits < 1 ||
-      (p.Hq / p.Hkv) * p.D > 8192)
+      (p.Hq / p.Hkv) * p.D > 8192 ||
+      (p.qkv != nullptr && (p.inv_freq == nullptr || p.k_out == nullptr || p.v_out == nullptr)))
     return cudaErrorInvalidValue;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
     return p.D == 64 ? Launch<T, 64>(p, stream) : Launch<T, 128>(p, stream);

@@ -33,6 +33,16 @@ struct DecodeAttnParams {
   int splits = 1;                    // S
   int window = 0;                    // 0 = attend to all len keys, else the last `window`
   float scale = 0.f;
+  // Rotary embedding and cache append fused in (decode): with qkv set, q is not read. The queries
+  // are rotated from qkv (B, Hq*D + 2*Hkv*D) T (q heads, k heads, v heads, as RopeAppend reads
+  // it) at position len[b] - 1 with inv_freq (D/2, fp32), rounded to T as RopeAppend rounds them;
+  // that position's rotated K and its V are written to the caches k_out[b] / v_out[b] (the same
+  // caches as k_table / v_table) before any block reads them, so the result equals RopeAppend
+  // followed by this kernel, bit for bit.
+  const void* qkv = nullptr;
+  const float* inv_freq = nullptr;
+  void* const* k_out = nullptr;
+  void* const* v_out = nullptr;
 };
 
 // Number of key splits for a batch of B with Hq / Hkv heads of size D: one full wave of split

@@ -4,7 +4,8 @@
 #   OUT=$OUT bash tools/decode_profile.sh [ctx]          (default ctx 4096)
 # 1. kvr_cuda_bench: the 1-row products (our GEMV against cuBLASLt) and decode ITL vs the floor,
 #    once per VARIANTS entry (environment settings, e.g. "KVR_PDL=0" to launch without
-#    programmatic dependent launch, "KVR_DECODE_SPLITS_PER_SM=2"; "-" = defaults).
+#    programmatic dependent launch, "KVR_DECODE_SPLITS_PER_SM=2"; "-" = defaults; several
+#    settings in one entry joined by commas: "KVR_DECODE_FUSE=0,KVR_DECODE_TILE=64").
 # 2. Nsight Compute (clocks left alone): the duration and DRAM bytes of every kernel of one eager
 #    decode step, summed per kernel name. The sum of kernel durations against the ITL says how
 #    much of the step is gaps between kernels and host work.
@@ -21,7 +22,7 @@ i=0
 for v in ${VARIANTS:--}; do
   echo "-- variant: $v"
   G=0; [ $i = 0 ] && G=1  # the 1-row products once
-  env ${v/#-/} $B/kvr_cuda_bench --gemv_bench $G --prefill "" --attn "" --decode "$CTX,32768" --out "$OUT/decode_bench_$i.json" 2>&1 |
+  v=${v/#-/}; env ${v//,/ } $B/kvr_cuda_bench --gemv_bench $G --prefill "" --attn "" --decode "$CTX,32768" --out "$OUT/decode_bench_$i.json" 2>&1 |
     grep -E "row product|decode ctx|copy|matmul"
   i=$((i + 1))
 done

@@ -4,12 +4,14 @@
 #   OUT=$OUT bash tools/device_call_multi_gpu.sh
 # 1. cuda_nccl_chain_test, cuda_tensor_parallel_test on every GPU count up to N (bit-exactness).
 # 2. cuDNN attention tests on GPU 0 (bucketed plans, runner).
-# 3. kvr-bench, Llama-2-7B shape, 1 and N GPUs, links on: 1gpu, tp, tsp, kvr-e, kvr-cost, kvr-s
-#    at CTX (default 4096,16384,32768), with ATTN (default cudnn) attention in every mode; the
-#    per-GPU timeline of KVR-S at 16k.
-# 4. The same at 16k with NCCL_P2P_DISABLE=1 (tp, tsp, kvr-cost, kvr-s).
+# 3. kvr-bench, Llama-2-7B shape, 1 and N GPUs, links on: MODES (default 1gpu, tp, tsp, kvr-e,
+#    kvr-cost, kvr-s) at CTX (default 4096,16384,32768), with ATTN (default cudnn) attention in
+#    every mode; the per-GPU timeline of KVR-S at 16k.
+# 4. The same at CTX_OFF (default 16384) with NCCL_P2P_DISABLE=1 (MODES_OFF, default tp, tsp,
+#    kvr-cost, kvr-s).
 # 4b. EXTRA_SHAPES (default llama3-8b falcon-7b) at 16k on 1 and N GPUs (Falcon: no TP, 71 heads).
-# 5. PyTorch peers (torch_prefill.py): 1 GPU, TP and KV-Runahead on N GPUs, links on and off.
+# 5. PyTorch peers (torch_prefill.py): 1 GPU at PEER1_CTX (default 16384), TP and KV-Runahead on
+#    N GPUs at CTX, TP with links off at CTX_OFF.
 # 6. kvrd on N GPUs: 16 streams of 8k-token prompts (tests/server/gpu_daemon_check.sh).
 # STEPS (default "1 2 3 4 4b 5 6") picks steps, so the work can be split over calls.
 # Logs and JSON under $OUT (at most 8 files come back: everything is packed into results.tgz
@@ -26,7 +28,7 @@ CUDNN_DIR=$(dirname "$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/
 NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
 LIBS="$PWD/.carry/dev/lib:$CUDNN_DIR:$NCCL_DIR:/usr/local/cuda/lib64"
 B=.carry/dev/bin
-CTX=${CTX:-4096,16384,32768}; ATTN=${ATTN:-cudnn}
+CTX=${CTX:-4096,16384,32768}; CTX_OFF=${CTX_OFF:-16384}; ATTN=${ATTN:-cudnn}
 say "$NGPU GPUs"; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >> "$S"
 nvidia-smi topo -m > "$R/topo.txt" 2>&1
 
@@ -49,15 +51,15 @@ fi
 if has 3; then
 say "3. kvr-bench llama-7b, gpus 1,$NGPU, ctx $CTX, attention $ATTN, links on"
 LD_LIBRARY_PATH=$LIBS timeout ${BENCH_TIMEOUT:-230} $B/kvr-bench --shape llama-7b --gpus 1,$NGPU --ctx $CTX \
-  --modes 1gpu,tp,tsp,kvr-e,kvr-cost,kvr-s --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --timeline 16384 \
+  --modes ${MODES:-1gpu,tp,tsp,kvr-e,kvr-cost,kvr-s} --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --timeline 16384 \
   --link nvlink --table "$R/splits.json" --out "$R/bench_on.json" > "$R/bench_on.log" 2>&1; echo "bench rc=$?" >> "$S"
 grep -E "TTFT|refused|calibrat" "$R/bench_on.log" | grep -v "^I .*chunk [0-9]/" | cut -c1-200 >> "$S"
 
 fi
 if has 4; then
-say "4. links off (NCCL_P2P_DISABLE=1), 16k"
-NCCL_P2P_DISABLE=1 LD_LIBRARY_PATH=$LIBS timeout ${OFF_TIMEOUT:-120} $B/kvr-bench --shape llama-7b --gpus $NGPU --ctx 16384 \
-  --modes tp,tsp,kvr-cost,kvr-s --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link p2p-off \
+say "4. links off (NCCL_P2P_DISABLE=1), ctx $CTX_OFF"
+NCCL_P2P_DISABLE=1 LD_LIBRARY_PATH=$LIBS timeout ${OFF_TIMEOUT:-120} $B/kvr-bench --shape llama-7b --gpus $NGPU --ctx $CTX_OFF \
+  --modes ${MODES_OFF:-tp,tsp,kvr-cost,kvr-s} --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link p2p-off \
   --table "$R/splits.json" --out "$R/bench_off.json" > "$R/bench_off.log" 2>&1; echo "bench off rc=$?" >> "$S"
 grep -E "TTFT|refused" "$R/bench_off.log" | cut -c1-200 >> "$S"
 
@@ -76,9 +78,9 @@ fi
 if has 5; then
 say "5. PyTorch peers"
 P=.carry/peers/torch_prefill.py
-timeout 90 torchrun --nproc_per_node=1 $P --ctx 16384 --reps 3 2>/dev/null | grep '^{' >> "$S"
-timeout 150 torchrun --nproc_per_node=$NGPU $P --ctx $CTX --modes tp,kvra_bal --reps 3 2>/dev/null | grep '^{' >> "$S"
-NCCL_P2P_DISABLE=1 timeout 90 torchrun --nproc_per_node=$NGPU $P --ctx 16384 --modes tp --reps 3 2>/dev/null | grep '^{' | sed 's/^{/{"p2p":"off",/' >> "$S"
+timeout ${PEER1_TIMEOUT:-90} torchrun --nproc_per_node=1 $P --ctx ${PEER1_CTX:-16384} --reps 3 2>/dev/null | grep '^{' >> "$S"
+timeout ${PEERN_TIMEOUT:-150} torchrun --nproc_per_node=$NGPU $P --ctx $CTX --modes tp,kvra_bal --reps 3 2>/dev/null | grep '^{' >> "$S"
+NCCL_P2P_DISABLE=1 timeout ${PEEROFF_TIMEOUT:-90} torchrun --nproc_per_node=$NGPU $P --ctx $CTX_OFF --modes tp --reps 3 2>/dev/null | grep '^{' | sed 's/^{/{"p2p":"off",/' >> "$S"
 if [[ " ${EXTRA_SHAPES-llama3-8b} " == *" llama3-8b "* ]]; then
   L3="--kv-heads 8 --ffn 14336 --vocab 128256"
   timeout 90 torchrun --nproc_per_node=1 $P --ctx 16384 --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"

@@ -160,7 +160,8 @@ class CudaRunner : public ModelRunner {
  public:
   CudaRunner(const ModelConfig& cfg, int device, const CudaRunnerOptions& opt)
       : cfg_(cfg), device_(device), opt_(opt),
-        dt_(opt.dtype == DType::kF16 ? K::DType::kF16 : K::DType::kBF16) {}
+        dt_(opt.dtype == DType::kF16 ? K::DType::kF16 : K::DType::kBF16),
+        fuse_decode_(FuseDecodeFromEnv()) {}
 
   ~CudaRunner() override {
     cudaSetDevice(device_);
@@ -874,6 +875,13 @@ class CudaRunner : public ModelRunner {
     dec_b_ = B;
   }
 
+  // Rotary embedding and cache append inside decode attention (DecodeAttnParams::qkv): one
+  // kernel less per layer. On unless KVR_DECODE_FUSE=0 (a knob for measuring what it buys).
+  static bool FuseDecodeFromEnv() {
+    const char* e = std::getenv("KVR_DECODE_FUSE");
+    return !(e != nullptr && e[0] == '0');
+  }
+
   // One decode step for the B sequences described by the device tables.
   absl::Status DecodeStep(int B) {
     const int L = cfg_.num_layers, C = cfg_.hidden_size;
@@ -890,8 +898,21 @@ class CudaRunner : public ModelRunner {
       rp.pos = dpos;
       rp.k_table = dkt + static_cast<size_t>(l) * B;
       rp.v_table = dvt + static_cast<size_t>(l) * B;
-      KVR_RETURN_IF_ERROR(QkvBlock(w, B, dec_.x, dec_.h, dec_.qkv, dec_.q, rp));
       K::DecodeAttnParams ap;
+      if (fuse_decode_) {  // rotary + append inside the attention kernel
+        ap.qkv = dec_.qkv;
+        ap.inv_freq = inv_freq_;
+        ap.k_out = rp.k_table;
+        ap.v_out = rp.v_table;
+      }
+      if (fuse_decode_) {
+        const int C = cfg_.hidden_size, E = cfg_.qkv_dim();
+        KVR_RETURN_IF_ERROR(Norm(dec_.x, w.attn_norm_w, w.attn_norm_b, B, dec_.h));
+        KVR_BLAS(gemm_->Linear(dt_, dec_.h, w.wqkv, B, C, E, dec_.qkv, K::GemmOut::kSame, 0.f, stream_));
+        if (w.bqkv) KVR_CU(K::AddBias(dt_, dec_.qkv, w.bqkv, B, E, stream_));
+      } else {
+        KVR_RETURN_IF_ERROR(QkvBlock(w, B, dec_.x, dec_.h, dec_.qkv, dec_.q, rp));
+      }
       ap.q = dec_.q;
       ap.k_table = const_cast<const void* const*>(rp.k_table);
       ap.v_table = const_cast<const void* const*>(rp.v_table);
@@ -939,6 +960,7 @@ class CudaRunner : public ModelRunner {
   size_t decode_bytes_ = 0;
   int dec_cap_ = 0, dec_b_ = 0;
   DecodeBuffers dec_;
+  bool fuse_decode_;  // FuseDecodeFromEnv
   std::map<int, cudaGraphExec_t> graphs_;
   std::map<int, bool> warmed_;
 };

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <tuple>
@@ -767,6 +768,135 @@ TEST(Kernels, DecodeAttention) {
         }
       }
       for (auto* bf : bufs) delete bf;
+    }
+  }
+}
+
+// Decode attention with the rotary embedding and the cache append fused in (p.qkv): the newest
+// position's rotated key and value land in the cache, the output matches the CPU on the rotated
+// queries and keys, and it equals RopeAppend followed by the plain kernel bit for bit.
+TEST(Kernels, DecodeAttentionFusedRotary) {
+  std::mt19937 rng(9);
+  struct Case { std::vector<int> lens; int Hq, Hkv, D, window, splits; };
+  const Case cases[] = {
+      {{1, 300, 5000}, 8, 2, 128, 0, 16},
+      {{4097}, 32, 32, 128, 0, 12},
+      {{63, 65}, 71, 1, 64, 0, 3},
+      {{3000, 10}, 4, 4, 64, 500, 8},
+  };
+  for (DType dt : kTypes) {
+    for (const Case& c : cases) {
+      const int B = static_cast<int>(c.lens.size()), D = c.D, half = D / 2;
+      const int E = (c.Hq + 2 * c.Hkv) * D;
+      auto qkv = RandomHalf(dt, static_cast<size_t>(B) * E, 1.f, rng);
+      std::vector<float> inv(half);
+      for (int i = 0; i < half; ++i) inv[i] = std::pow(10000.f, -2.f * i / D);
+      // Per sequence: a cache with rows [0, len - 1) random and the rest poisoned, twice (fused,
+      // and RopeAppend + plain kernel).
+      std::vector<HalfData> ks, vs;
+      std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> bufs;
+      std::vector<void*> kt[2], vt[2];
+      for (int b = 0; b < B; ++b) {
+        const size_t cap = static_cast<size_t>(c.lens[b] + 7) * c.Hkv * D;
+        ks.push_back(RandomHalf(dt, cap, 1.f, rng));
+        vs.push_back(RandomHalf(dt, cap, 1.f, rng));
+        for (size_t i = static_cast<size_t>(c.lens[b] - 1) * c.Hkv * D; i < cap; ++i) ks[b].h[i] = vs[b].h[i] = 0xffff;
+        for (int copy = 0; copy < 2; ++copy) {
+          bufs.push_back(std::make_unique<DeviceBuffer<uint16_t>>(cap));
+          CUDA_OK(bufs.back()->Upload(ks[b].h));
+          kt[copy].push_back(bufs.back()->get());
+          bufs.push_back(std::make_unique<DeviceBuffer<uint16_t>>(cap));
+          CUDA_OK(bufs.back()->Upload(vs[b].h));
+          vt[copy].push_back(bufs.back()->get());
+        }
+      }
+      DeviceBuffer<uint16_t> dqkv(qkv.h.size()), dq(static_cast<size_t>(B) * c.Hq * D);
+      DeviceBuffer<uint16_t> out0(dq.size()), out1(dq.size());
+      DeviceBuffer<float> dinv(half);
+      DeviceBuffer<int32_t> dlen(B), dpos(B);
+      DeviceBuffer<void*> dkt0(B), dvt0(B), dkt1(B), dvt1(B);
+      DeviceBuffer<float> opart(static_cast<size_t>(B) * c.Hq * c.splits * D), lpart(static_cast<size_t>(B) * c.Hq * c.splits);
+      DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hkv);
+      std::vector<int32_t> lens(c.lens.begin(), c.lens.end()), pos(B);
+      for (int b = 0; b < B; ++b) pos[b] = lens[b] - 1;
+      CUDA_OK(dqkv.Upload(qkv.h));
+      CUDA_OK(dinv.Upload(inv));
+      CUDA_OK(dlen.Upload(lens));
+      CUDA_OK(dpos.Upload(pos));
+      CUDA_OK(dkt0.Upload(kt[0]));
+      CUDA_OK(dvt0.Upload(vt[0]));
+      CUDA_OK(dkt1.Upload(kt[1]));
+      CUDA_OK(dvt1.Upload(vt[1]));
+      CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hkv));
+      CUDA_OK(out0.Poison());
+      CUDA_OK(out1.Poison());
+      DecodeAttnParams p;
+      p.len = dlen.get(); p.o_part = opart.get(); p.lse_part = lpart.get(); p.counters = counters.get();
+      p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = D; p.splits = c.splits; p.window = c.window;
+      p.scale = 1.f / std::sqrt(static_cast<float>(D));
+      // Fused, into copy 0.
+      DecodeAttnParams pf = p;
+      pf.k_table = reinterpret_cast<const void* const*>(dkt0.get());
+      pf.v_table = reinterpret_cast<const void* const*>(dvt0.get());
+      pf.qkv = dqkv.get(); pf.inv_freq = dinv.get(); pf.k_out = dkt0.get(); pf.v_out = dvt0.get();
+      pf.out = out0.get();
+      CUDA_OK(DecodeAttention(dt, pf, nullptr));
+      // RopeAppend, then the plain kernel, into copy 1.
+      RopeAppendParams rp;
+      rp.qkv = dqkv.get(); rp.n = B; rp.Hq = c.Hq; rp.Hkv = c.Hkv; rp.D = D; rp.q_out = dq.get();
+      rp.inv_freq = dinv.get(); rp.pos = dpos.get(); rp.k_table = dkt1.get(); rp.v_table = dvt1.get();
+      CUDA_OK(RopeAppend(dt, rp, nullptr));
+      DecodeAttnParams pu = p;
+      pu.q = dq.get();
+      pu.k_table = reinterpret_cast<const void* const*>(dkt1.get());
+      pu.v_table = reinterpret_cast<const void* const*>(dvt1.get());
+      pu.out = out1.get();
+      CUDA_OK(DecodeAttention(dt, pu, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      const std::string tag = "B=" + std::to_string(B) + " Hq=" + std::to_string(c.Hq) + " D=" + std::to_string(D);
+      EXPECT_EQ(out0.Download(), out1.Download()) << "fused != RopeAppend + kernel, " << tag;
+      // Against the CPU: rotate q and the newest k in double, attend over the rest of the cache.
+      auto got = ToFloat(dt, out0.Download());
+      std::vector<float> got_kv;
+      std::vector<double> ref, ref_kv;
+      for (int b = 0; b < B; ++b) {
+        const float* row = qkv.f.data() + static_cast<size_t>(b) * E;
+        auto rot = [&](const float* x, int i) {
+          const double ang = static_cast<double>(pos[b]) * inv[i];
+          return std::make_pair(x[i] * std::cos(ang) - x[i + half] * std::sin(ang),
+                                x[i + half] * std::cos(ang) + x[i] * std::sin(ang));
+        };
+        std::vector<float> qb(static_cast<size_t>(c.Hq) * D), kb = ks[b].f, vb = vs[b].f;
+        for (int h = 0; h < c.Hq; ++h)
+          for (int i = 0; i < half; ++i) {
+            auto [r1, r2] = rot(row + h * D, i);
+            qb[h * D + i] = static_cast<float>(r1);
+            qb[h * D + i + half] = static_cast<float>(r2);
+          }
+        auto kc = ToFloat(dt, bufs[4 * b]->Download()), vc = ToFloat(dt, bufs[4 * b + 1]->Download());
+        for (int h = 0; h < c.Hkv; ++h) {
+          const size_t at = (static_cast<size_t>(pos[b]) * c.Hkv + h) * D;
+          for (int i = 0; i < half; ++i) {
+            auto [r1, r2] = rot(row + (c.Hq + h) * D, i);
+            kb[at + i] = static_cast<float>(r1);
+            kb[at + i + half] = static_cast<float>(r2);
+            ref_kv.push_back(r1);
+            ref_kv.push_back(r2);
+            got_kv.push_back(kc[at + i]);
+            got_kv.push_back(kc[at + i + half]);
+          }
+          for (int d = 0; d < D; ++d) {
+            vb[at + d] = row[(c.Hq + c.Hkv + h) * D + d];
+            ref_kv.push_back(vb[at + d]);
+            got_kv.push_back(vc[at + d]);
+          }
+        }
+        std::vector<int> qpos = {pos[b]};
+        auto r = RefAttention(qb, kb, vb, 1, 0, c.Hq, c.Hkv, D, c.window, &qpos);
+        ref.insert(ref.end(), r.begin(), r.end());
+      }
+      EXPECT_LT(RelErr(got_kv, ref_kv), 1.5 * Tol(dt)) << "appended row, " << tag;
+      EXPECT_LT(RelErr(got, ref), 2 * Tol(dt)) << "output, " << tag;
     }
   }
 }
