@@ -8,16 +8,18 @@
 #    kvr-cost, kvr-s) at CTX (default 4096,16384,32768), with ATTN (default cudnn) attention in
 #    every mode; the per-GPU timeline of KVR-S at 16k.
 # 4. The same at CTX_OFF (default 16384) with NCCL_P2P_DISABLE=1 (MODES_OFF, default tp, tsp,
-#    kvr-cost, kvr-s).
-# 4b. EXTRA_SHAPES (default llama3-8b falcon-7b) at 16k on 1 and N GPUs (Falcon: no TP, 71 heads).
+#    kvr-cost, kvr-s); KVRP_TABLE (e.g. config/splits/h200.json) lets kvr-p run without kvr-s.
+# 4b. EXTRA_SHAPES (default llama3-8b falcon-7b) at EXTRA_CTX (default 16384) on 1 and N GPUs,
+#    EXTRA_MODES (default 1gpu, tp, tsp, kvr-cost, kvr-s; Falcon never tp: 71 heads).
 # 5. PyTorch peers (torch_prefill.py): 1 GPU at PEER1_CTX (default 16384), TP and KV-Runahead on
-#    N GPUs at CTX, TP with links off at CTX_OFF.
+#    N GPUs at CTX, TP with links off at CTX_OFF (PEERS_L2=0 skips these three); with llama3-8b
+#    among EXTRA_SHAPES, its 1 GPU, TP and KV-Runahead at EXTRA_CTX.
 # 6. kvrd on N GPUs: 16 streams of 8k-token prompts (tests/server/gpu_daemon_check.sh).
 # STEPS (default "1 2 3 4 4b 5 6") picks steps, so the work can be split over calls.
 # Logs and JSON under $OUT (at most 8 files come back: everything is packed into results.tgz
 # except summary.txt).
 set -u
-OUT=${OUT:-$PWD/device_out}; R=/tmp/kvr-call; mkdir -p "$OUT" "$R"
+OUT=${OUT:-$PWD/device_out}; R=/tmp/kvr-call; rm -rf "$R"; mkdir -p "$OUT" "$R"  # R: this call's only
 S="$OUT/summary.txt"
 say() { echo "== $(date +%T) $*" | tee -a "$S"; }
 has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # STEPS: which numbered steps run
@@ -60,16 +62,18 @@ if has 4; then
 say "4. links off (NCCL_P2P_DISABLE=1), ctx $CTX_OFF"
 NCCL_P2P_DISABLE=1 LD_LIBRARY_PATH=$LIBS timeout ${OFF_TIMEOUT:-120} $B/kvr-bench --shape llama-7b --gpus $NGPU --ctx $CTX_OFF \
   --modes ${MODES_OFF:-tp,tsp,kvr-cost,kvr-s} --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link p2p-off \
+  ${KVRP_TABLE:+--kvrp_table $KVRP_TABLE} \
   --table "$R/splits.json" --out "$R/bench_off.json" > "$R/bench_off.log" 2>&1; echo "bench off rc=$?" >> "$S"
 grep -E "TTFT|refused" "$R/bench_off.log" | cut -c1-200 >> "$S"
 
 fi
 if has 4b; then
-say "4b. other shapes, 16k: ${EXTRA_SHAPES-llama3-8b falcon-7b}"
+EXTRA_CTX=${EXTRA_CTX:-16384}
+say "4b. other shapes, ctx $EXTRA_CTX: ${EXTRA_SHAPES-llama3-8b falcon-7b}"
 for sh in ${EXTRA_SHAPES-llama3-8b falcon-7b}; do
-  modes=1gpu,tp,tsp,kvr-cost,kvr-s; [ $sh = falcon-7b ] && modes=1gpu,tsp,kvr-cost,kvr-s
-  LD_LIBRARY_PATH=$LIBS timeout ${SHAPE_TIMEOUT:-110} $B/kvr-bench --shape $sh --gpus 1,$NGPU --ctx 16384 \
-    --modes $modes --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link nvlink \
+  modes=${EXTRA_MODES:-1gpu,tp,tsp,kvr-cost,kvr-s}; [ $sh = falcon-7b ] && modes=${modes/tp,/}
+  LD_LIBRARY_PATH=$LIBS timeout ${SHAPE_TIMEOUT:-110} $B/kvr-bench --shape $sh --gpus 1,$NGPU --ctx $EXTRA_CTX \
+    --modes $modes --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link nvlink --timeline 16384 \
     --table "$R/splits.json" --out "$R/bench_$sh.json" > "$R/bench_$sh.log" 2>&1; echo "bench $sh rc=$?" >> "$S"
   grep -E "TTFT|refused" "$R/bench_$sh.log" | cut -c1-200 >> "$S"
 done
@@ -78,13 +82,15 @@ fi
 if has 5; then
 say "5. PyTorch peers"
 P=.carry/peers/torch_prefill.py
+if [ "${PEERS_L2:-1}" = 1 ]; then
 timeout ${PEER1_TIMEOUT:-90} torchrun --nproc_per_node=1 $P --ctx ${PEER1_CTX:-16384} --reps 3 2>/dev/null | grep '^{' >> "$S"
 timeout ${PEERN_TIMEOUT:-150} torchrun --nproc_per_node=$NGPU $P --ctx $CTX --modes tp,kvra_bal --reps 3 2>/dev/null | grep '^{' >> "$S"
 NCCL_P2P_DISABLE=1 timeout ${PEEROFF_TIMEOUT:-90} torchrun --nproc_per_node=$NGPU $P --ctx $CTX_OFF --modes tp --reps 3 2>/dev/null | grep '^{' | sed 's/^{/{"p2p":"off",/' >> "$S"
+fi
 if [[ " ${EXTRA_SHAPES-llama3-8b} " == *" llama3-8b "* ]]; then
   L3="--kv-heads 8 --ffn 14336 --vocab 128256"
-  timeout 90 torchrun --nproc_per_node=1 $P --ctx 16384 --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
-  timeout 120 torchrun --nproc_per_node=$NGPU $P --ctx 16384 --modes tp,kvra_bal --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
+  timeout ${PEER1_TIMEOUT:-90} torchrun --nproc_per_node=1 $P --ctx ${EXTRA_CTX:-16384} --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
+  timeout ${PEERN_TIMEOUT:-120} torchrun --nproc_per_node=$NGPU $P --ctx ${EXTRA_CTX:-16384} --modes tp,kvra_bal --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
 fi
 
 fi

@@ -12,7 +12,9 @@
 //   kvr-cost   KV-Runahead, split from the calibrated cost model (chain; kvr-cost-fan: fan-out)
 //   kvr-s      KV-Runahead, split searched on the device (coarse to fine, from the kvr-cost split)
 //   kvr-p      KV-Runahead, split interpolated from the searched splits of the OTHER lengths
-//              (leave-one-out, so it is a prediction, not a replay)
+//              (leave-one-out, so it is a prediction, not a replay): this run's kvr-s splits,
+//              and those of the same setup in --kvrp_table (e.g. config/splits/h200.json), so
+//              that kvr-p can run without searching again)
 // TTFT is the chain's time from the first layer to the first token's logits (cache allocation
 // excluded, as PyTorch's caching allocator excludes it); median of --reps after --warmup runs.
 // tp is timed the same way: from the launch of the first layer on every rank to rank 0's logits
@@ -65,6 +67,9 @@ ABSL_FLAG(int, search_reps, 2, "timed runs per candidate split in kvr-s");
 ABSL_FLAG(int, search_resolution, 64, "kvr-s stops refining at steps of C / this");
 ABSL_FLAG(std::string, link, "nvlink", "label of the GPU link for the split table (nvlink, p2p-off)");
 ABSL_FLAG(std::string, table, "", "split table to add the kvr-s results to (JSON, see split_table.h)");
+ABSL_FLAG(std::string, kvrp_table, "",
+          "split table whose entries for this setup kvr-p interpolates from too (this run's kvr-s "
+          "splits take precedence at the same length)");
 ABSL_FLAG(int, timeline, 0, "context length whose kvr-s per-GPU timeline is recorded");
 ABSL_FLAG(std::string, out, "", "write all results as JSON here");
 ABSL_FLAG(std::string, attn_impl, "mma", "prefill attention kernel: mma (ours), cudnn or auto (engine/cuda/cuda_runner.h)");
@@ -357,6 +362,13 @@ absl::Status Run() {
     const std::string setup =
         SetupKey(ShapeName(config), p, card, absl::GetFlag(FLAGS_link), absl::GetFlag(FLAGS_attn_impl));
     std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
+    if (!absl::GetFlag(FLAGS_kvrp_table).empty()) {
+      KVR_ASSIGN_OR_RETURN(SplitTable given, SplitTable::Load(absl::GetFlag(FLAGS_kvrp_table)));
+      for (const SplitEntry& e : given.entries())
+        if (e.setup == setup && static_cast<int>(e.sizes.size()) == p) searched[e.context] = e.sizes;
+      KVR_LOG(INFO) << "kvr-p: " << searched.size() << " searched lengths of " << setup << " from "
+                    << absl::GetFlag(FLAGS_kvrp_table);
+    }
     for (int C : contexts) {
       const std::vector<int32_t> prompt(prompt_all.begin(), prompt_all.begin() + C);
       // The one-GPU prefill on GPU 0 is the reference every split is checked against: logits
