@@ -24,6 +24,7 @@ const Field kFields[] = {
     {"workers", nullptr, &ServerConfig::workers},
     {"partition", &ServerConfig::partition},
     {"topology", &ServerConfig::topology},
+    {"tsp_below", nullptr, &ServerConfig::tsp_below},
     {"attn_impl", &ServerConfig::attn_impl},
     {"cpu_threads", nullptr, &ServerConfig::cpu_threads},
     {"max_queue", nullptr, &ServerConfig::max_queue},
@@ -76,6 +77,7 @@ absl::Status ServerConfig::Validate() const {
   if (attn_impl != "mma" && attn_impl != "cudnn" && attn_impl != "auto")
     return bad("attn_impl", absl::StrCat("\"", attn_impl, "\" is not one of mma, cudnn, auto"));
   if (cpu_threads < 1) return bad("cpu_threads", "must be >= 1");
+  if (tsp_below < 0) return bad("tsp_below", "must be >= 0 (0 = every prompt takes the KV-Runahead plan)");
   if (max_queue < 1) return bad("max_queue", "must be >= 1");
   if (max_running < 1) return bad("max_running", "must be >= 1");
   if (max_model_len < 0) return bad("max_model_len", "must be >= 0 (0 = the model's)");

@@ -120,6 +120,7 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   eo.workers = c.workers;
   eo.partition = c.partition;
   eo.topology = c.topology;
+  eo.tsp_below = c.tsp_below;
   eo.attn_impl = c.attn_impl;
   eo.cpu_threads = c.cpu_threads;
   absl::StatusOr<std::unique_ptr<Engine>> loaded = Engine::Load(eo);

@@ -24,6 +24,10 @@ ABSL_FLAG(std::string, partition, "even",
           "prefill split planner: even, cost (cost model), table:PATH (KVR-P split table, e.g. "
           "config/splits/h200.json; the cost model where it has no entry), fixed:n1,n2,...");
 ABSL_FLAG(std::string, topology, "chain", "KV-Runahead transfer topology: chain or fan-out");
+ABSL_FLAG(int, tsp_below, 0,
+          "prompts shorter than this many tokens are prefilled with TSP (even split, every GPU "
+          "all-gathers each layer's K/V) instead of the KV-Runahead plan; 0 = never. On 4x H200 "
+          "TSP won up to 4k tokens (Llama-2-7B) and up to 8k (GQA/MQA shapes)");
 ABSL_FLAG(std::string, attn_impl, "mma",
           "CUDA prefill attention: mma (kvr's kernel), cudnn (cuDNN fused attention; our kernel where "
           "cuDNN cannot), auto");
@@ -68,6 +72,7 @@ kvr::ServerConfig FromFlags() {
   c.workers = absl::GetFlag(FLAGS_workers);
   c.partition = absl::GetFlag(FLAGS_partition);
   c.topology = absl::GetFlag(FLAGS_topology);
+  c.tsp_below = absl::GetFlag(FLAGS_tsp_below);
   c.attn_impl = absl::GetFlag(FLAGS_attn_impl);
   c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   c.max_queue = absl::GetFlag(FLAGS_max_queue);

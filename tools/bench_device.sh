@@ -6,8 +6,8 @@ set -u
 OUT=${OUT:-$PWD/bench_out}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 SHAPE=${1:-llama-7b}; GPUS=${2:-1,2,4}; CTX=${3:-1024,4096,8192,16384,32768}
-NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$PWD/.carry/dev/lib:$NCCL_DIR:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+. tools/device_libs.sh
+export LD_LIBRARY_PATH="$DEVICE_LIBS:${LD_LIBRARY_PATH:-}"
 BENCH=${BENCH:-.carry/dev/bin/kvr-bench}
 nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpus.txt"; nvidia-smi topo -m >> "$OUT/gpus.txt" 2>&1
 cat "$OUT/gpus.txt"

@@ -13,9 +13,8 @@ set -u
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 CTX=${1:-4096}
 [ -d .carry/dev ] || tar -C .carry -xJf .carry/dev.tar.xz
-CUDNN_DIR=$(dirname "$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)")
-NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$PWD/.carry/dev/lib:$CUDNN_DIR:$NCCL_DIR:/usr/local/cuda/lib64"
+. tools/device_libs.sh
+export LD_LIBRARY_PATH="$DEVICE_LIBS"
 B=${BIN:-.carry/dev/bin}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 i=0

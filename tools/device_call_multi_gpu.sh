@@ -26,9 +26,8 @@ has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # STEPS: which number
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 [ -d .carry/dev ] || tar -C .carry -xJf .carry/dev.tar.xz
 NGPU=$(nvidia-smi -L | wc -l)
-CUDNN_DIR=$(dirname "$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)")
-NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-LIBS="$PWD/.carry/dev/lib:$CUDNN_DIR:$NCCL_DIR:/usr/local/cuda/lib64"
+. tools/device_libs.sh
+LIBS=$DEVICE_LIBS
 B=.carry/dev/bin
 CTX=${CTX:-4096,16384,32768}; CTX_OFF=${CTX_OFF:-16384}; ATTN=${ATTN:-cudnn}
 say "$NGPU GPUs"; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >> "$S"

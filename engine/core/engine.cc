@@ -206,6 +206,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   }
   KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes, setup,
                                                      workers, calibrated.get()));
+  if (options.tsp_below > 0 && workers > 1) {
+    KVR_LOG(INFO) << "prompts shorter than " << options.tsp_below
+                  << " tokens take TSP (even split, all-gather of every layer's K/V)";
+    engine->planner_ = std::make_unique<CrossoverPlanner>(options.tsp_below, std::move(engine->planner_));
+  }
   KVR_LOG(INFO) << "engine ready in " << SecondsSince(t0) << " s: partition " << engine->planner_->name()
                 << ", topology " << TopologyName(topology);
   return engine;

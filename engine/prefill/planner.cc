@@ -56,4 +56,13 @@ absl::StatusOr<PrefillPlan> FixedPlanner::Plan(int context_len, int num_workers,
   return PlanFromSizes(sizes_, context_len, num_workers, last_worker, topology_, name());
 }
 
+absl::StatusOr<PrefillPlan> CrossoverPlanner::Plan(int context_len, int num_workers, int last_worker) const {
+  if (context_len < below_) return tsp_.Plan(context_len, num_workers, last_worker);
+  return inner_->Plan(context_len, num_workers, last_worker);
+}
+
+std::string CrossoverPlanner::name() const {
+  return absl::StrCat(inner_->name(), ", tsp below ", below_, " tokens");
+}
+
 }  // namespace kvr

@@ -53,4 +53,22 @@ class FixedPlanner : public Planner {
   Topology topology_;
 };
 
+// Prompts shorter than `below` tokens take the paper's TSP instead of `inner`'s plan: an even
+// split in which every worker all-gathers the K/V of every layer (Topology::kAllGather). On 4x
+// H200 our TSP was faster than the best KV-Runahead chain up to 4k tokens for Llama-2-7B and up
+// to 8k for the GQA / MQA shapes (Llama-3-8B, Falcon-7B), and slower from 16k on
+// (docs/benchmarks.md, "Four GPUs, session 4"); kvrd's --tsp_below sets the crossover.
+class CrossoverPlanner : public Planner {
+ public:
+  CrossoverPlanner(int below, std::unique_ptr<Planner> inner)
+      : below_(below), inner_(std::move(inner)), tsp_(Topology::kAllGather) {}
+  absl::StatusOr<PrefillPlan> Plan(int context_len, int num_workers, int last_worker) const override;
+  std::string name() const override;
+
+ private:
+  int below_;
+  std::unique_ptr<Planner> inner_;
+  EvenPlanner tsp_;
+};
+
 }  // namespace kvr

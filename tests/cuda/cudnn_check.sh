@@ -18,8 +18,8 @@ if [ -n "${BIN:-}" ]; then
   for t in cuda_kernels_test cuda_runner_test; do ln -sf "$PWD/$BIN/$t" /tmp/kvr-bin-tree/tests/cuda/$t; done
   ln -sf "$PWD/$BIN/kvr_cuda_bench" /tmp/kvr-bin-tree/tools/kvr_cuda_bench
   BUILD=/tmp/kvr-bin-tree
-  NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-  export LD_LIBRARY_PATH="$PWD/$BIN/../lib:$NCCL_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+  CARRIED_LIBS="$BIN/../lib" . tools/device_libs.sh
+  export LD_LIBRARY_PATH="$DEVICE_LIBS:${LD_LIBRARY_PATH:-}"
 else
   log "cudnn: build"
   if ! ninja -C "$BUILD" cuda_kernels_test cuda_runner_test kvr_cuda_bench > "$OUT/cudnn_build.log" 2>&1; then

@@ -18,8 +18,8 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 NGPU=$(nvidia-smi -L | wc -l)
 log "$NGPU GPUs: $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | tr -s ' ')"
 nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
-NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$PWD/.carry/dev/lib:$NCCL_DIR:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+. tools/device_libs.sh
+export LD_LIBRARY_PATH="$DEVICE_LIBS:${LD_LIBRARY_PATH:-}"
 
 BIN=${BIN:-.carry/dev/bin}
 if [ ! -x "$BIN/kvr-bench" ] || [ ! -x "$BIN/cuda_nccl_chain_test" ] || [ ! -x "$BIN/cuda_tensor_parallel_test" ]; then

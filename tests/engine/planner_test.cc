@@ -34,6 +34,24 @@ TEST(EvenPlanner, FewerTokensThanWorkersUsesFewerChunks) {
   EXPECT_EQ(plan->last_worker(), 3);
 }
 
+TEST(CrossoverPlanner, ShortPromptsTakeTspLongOnesTheInnerPlan) {
+  CrossoverPlanner planner(4096, std::make_unique<FixedPlanner>(std::vector<int>{3000, 1000, 500, 500}));
+  auto short_plan = planner.Plan(4095, 4, 2);
+  ASSERT_TRUE(short_plan.ok()) << short_plan.status();
+  EXPECT_EQ(short_plan->topology, Topology::kAllGather);
+  EXPECT_EQ(short_plan->bounds, (std::vector<int>{0, 1024, 2048, 3072, 4095}));
+  EXPECT_EQ(short_plan->last_worker(), 2);
+  EXPECT_TRUE(ValidatePlan(*short_plan, 4).ok());
+  auto long_plan = planner.Plan(5000, 4, 1);
+  ASSERT_TRUE(long_plan.ok()) << long_plan.status();
+  EXPECT_EQ(long_plan->topology, Topology::kChain);
+  EXPECT_EQ(long_plan->bounds, (std::vector<int>{0, 3000, 4000, 4500, 5000}));
+  EXPECT_EQ(long_plan->last_worker(), 1);
+  EXPECT_EQ(planner.name(), "fixed, tsp below 4096 tokens");
+  // The inner planner's errors come through unchanged.
+  EXPECT_EQ(planner.Plan(4097, 4, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(FixedPlanner, RejectsSizesThatDoNotAddUp) {
   EXPECT_EQ(FixedPlanner({3, 3}).Plan(7, 2, 0).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(FixedPlanner({3, 0, 4}).Plan(7, 3, 0).status().code(), absl::StatusCode::kInvalidArgument);

@@ -12,8 +12,8 @@ OUT=${OUT:-$PWD/daemon_out}; mkdir -p "$OUT"
 STREAMS=${STREAMS:-16}; PROMPT=${PROMPT:-8192}; MAX_TOKENS=${MAX_TOKENS:-16}
 export NCCL_NVLS_ENABLE=0
 D=.carry/dev
-NCCL_DIR=$(dirname "$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)")
-LIBS="$PWD/$D/lib:$NCCL_DIR:/usr/local/cuda/lib64:/usr/local/cuda/lib"
+CARRIED_LIBS="$D/lib" . tools/device_libs.sh
+LIBS=$DEVICE_LIBS
 say() { echo "== $(date +%T) $*" | tee -a "$OUT/daemon_summary.txt"; }
 MODEL=/tmp/kvr-llama-7b-random
 if [ ! -f $MODEL/model.safetensors ]; then

@@ -5,8 +5,9 @@
    setup>: kvrd logs that the table has no entry for its setup and plans with the cost model;
    kvr-load (4 streams x 2 requests, 40-token prompts, 3 new tokens) completes all 8, and its
    JSON records what each request saw.
-2. A table with an entry for the setup kvrd logged ([30, 10] at 40 tokens): the plan of every
-   request is the table's, interpolated (here: exactly) from it.
+2. A table with an entry for the setup kvrd logged ([30, 10] at 40 tokens), and --tsp_below 32:
+   the plan of every 40-token request is the table's, interpolated (here: exactly) from it; every
+   24-token request is prefilled as TSP (even split, all-gather) and completes.
 Exit status 0 only if every check passes.
 """
 import argparse
@@ -72,7 +73,8 @@ def main():
         table = os.path.join(work, "table.json")
         with open(table, "w") as f:
             json.dump({"entries": [{"setup": setup, "context": 40, "sizes": [30, 10]}]}, f)
-        d2 = lib.Daemon(args.kvrd, model, work, ["--partition", "table:" + table], name="kvrd-table")
+        d2 = lib.Daemon(args.kvrd, model, work, ["--partition", "table:" + table, "--tsp_below", "32"],
+                        name="kvrd-table")
         try:
             d2.start()
             check("searched splits for " + setup in d2.read_log(), "kvrd finds its setup in the table")
@@ -81,6 +83,12 @@ def main():
             check(r.returncode == 0 and len(recs) == 4, f"4 requests ok with the table: rc {r.returncode}")
             check(all(re.match(r"table chain C=40 \[0,30\)@\d \[30,40\)@\d$", x.get("plan", "")) for x in recs),
                   f"every plan is the table's 30 + 10: {[x.get('plan') for x in recs][:2]}")
+            r, rep = run_load(args.kvr_load, d2, os.path.join(work, "load3.json"), streams=2, per=2, tokens=24)
+            recs = rep["requests"] if rep else []
+            check(r.returncode == 0 and len(recs) == 4 and all(x.get("completion_tokens") == 3 for x in recs),
+                  f"4 short requests ok under --tsp_below 32: rc {r.returncode}")
+            check(all(re.match(r"even all-gather C=24 \[0,12\)@\d \[12,24\)@\d$", x.get("plan", "")) for x in recs),
+                  f"every 24-token prompt is prefilled as TSP: {[x.get('plan') for x in recs][:2]}")
         finally:
             d2.stop()
     bad = subprocess.run([args.kvr_load, "--target", "127.0.0.1:1", "--streams", "1"], capture_output=True,
