@@ -10,7 +10,9 @@
 //   tsp        the paper's baseline: even split, all-gather of K/V every layer
 //   kvr-e      KV-Runahead, even split, chain               kvr-e-fan   same, fan-out topology
 //   kvr-cost   KV-Runahead, split from the calibrated cost model (chain; kvr-cost-fan: fan-out)
-//   kvr-s      KV-Runahead, split searched on the device (coarse to fine, from the kvr-cost split)
+//   kvr-s      KV-Runahead, split searched on the device (coarse to fine, from the kvr-cost split,
+//              --search_reps timings per candidate), then the --confirm cheapest candidates
+//              timed again with --reps and the cheapest of those kept (ConfirmBest)
 //   kvr-p      KV-Runahead, split interpolated from the searched splits of the OTHER lengths
 //              (leave-one-out, so it is a prediction, not a replay): this run's kvr-s splits,
 //              and those of the same setup in --kvrp_table (e.g. config/splits/h200.json), so
@@ -64,6 +66,7 @@ ABSL_FLAG(std::string, modes, "1gpu,tp,tsp,kvr-e,kvr-e-fan,kvr-cost,kvr-cost-fan
 ABSL_FLAG(int, reps, 5, "timed runs per point (median reported)");
 ABSL_FLAG(int, warmup, 2, "untimed runs per point");
 ABSL_FLAG(int, search_reps, 2, "timed runs per candidate split in kvr-s");
+ABSL_FLAG(int, confirm, 4, "kvr-s: candidates re-timed (median of --reps) after the search; 0 = none");
 ABSL_FLAG(int, search_resolution, 64, "kvr-s stops refining at steps of C / this");
 ABSL_FLAG(std::string, link, "nvlink", "label of the GPU link for the split table (nvlink, p2p-off)");
 ABSL_FLAG(std::string, table, "", "split table to add the kvr-s results to (JSON, see split_table.h)");
@@ -433,16 +436,30 @@ absl::Status Run() {
         const auto t0 = SteadyClock::now();
         int evals = 0;
         bool failed = false;
-        auto measured = [&](const std::vector<int>& sizes) {
+        std::vector<std::pair<std::vector<int>, double>> seen;  // every candidate and its timing
+        auto timed = [&](const std::vector<int>& sizes, int runs) {
           auto plan = FixedPlanner(sizes, Topology::kChain).Plan(C, p, last);
-          auto m = plan.ok() ? Measure(co, prompt, *plan, 1, absl::GetFlag(FLAGS_search_reps))
-                             : absl::StatusOr<Measurement>(plan.status());
+          auto m = plan.ok() ? Measure(co, prompt, *plan, 1, runs) : absl::StatusOr<Measurement>(plan.status());
           if (!m.ok()) { failed = true; return 1e9; }
           m->last.cache.reset();
           return m->ttft;
         };
-        const std::vector<int> best =
+        auto measured = [&](const std::vector<int>& sizes) {
+          const double t = timed(sizes, absl::GetFlag(FLAGS_search_reps));
+          seen.push_back({sizes, t});
+          return t;
+        };
+        std::vector<int> best =
             SearchSplit(C, p, measured, std::max(16, C / absl::GetFlag(FLAGS_search_resolution)), SizesOf(*cost_plan), &evals);
+        const std::vector<int> searched_best = best;
+        if (absl::GetFlag(FLAGS_confirm) > 0 && !failed) {
+          best = ConfirmBest(seen, absl::GetFlag(FLAGS_confirm),
+                             [&](const std::vector<int>& s) { return timed(s, reps); });
+          if (best != searched_best)
+            KVR_LOG(INFO) << "kvr-s C=" << C << ": re-timing the " << absl::GetFlag(FLAGS_confirm)
+                          << " cheapest candidates picked " << absl::StrJoin(best, "/") << " over the search's "
+                          << absl::StrJoin(searched_best, "/");
+        }
         const double search_s = SecondsSince(t0);
         if (!failed) {
           searched[C] = best;
@@ -450,7 +467,8 @@ absl::Status Run() {
           // How far the cost model's own optimum (searched exhaustively on a grid in simulation)
           // lies from the measured search: the model's error, not the search's.
           KVR_RETURN_IF_ERROR(run_plan("kvr-s", FixedPlanner(best, Topology::kChain).Plan(C, p, last),
-                                       {{"search_seconds", search_s}, {"search_evaluations", evals}}));
+                                       {{"search_seconds", search_s}, {"search_evaluations", evals},
+                                        {"search_best", searched_best}}));
           if (absl::GetFlag(FLAGS_timeline) == C && p == max_gpus) {
             auto plan = FixedPlanner(best, Topology::kChain).Plan(C, p, last);
             auto m = Measure(co, prompt, *plan, 1, 1);

@@ -106,6 +106,31 @@ std::vector<int> SearchSplit(int context_len, int chunks, const std::function<do
   return best;
 }
 
+std::vector<int> ConfirmBest(const std::vector<std::pair<std::vector<int>, double>>& seen, int k,
+                             const std::function<double(const std::vector<int>&)>& remeasure,
+                             double* remeasured_cost) {
+  std::map<std::vector<int>, double> cheapest;  // distinct candidates, the lowest cost seen
+  for (const auto& [sizes, cost] : seen) {
+    auto it = cheapest.find(sizes);
+    if (it == cheapest.end() || cost < it->second) cheapest[sizes] = cost;
+  }
+  std::vector<std::pair<double, std::vector<int>>> ranked;
+  for (const auto& [sizes, cost] : cheapest) ranked.push_back({cost, sizes});
+  std::sort(ranked.begin(), ranked.end());
+  if (static_cast<int>(ranked.size()) > k) ranked.resize(std::max(k, 1));
+  std::vector<int> best;
+  double best_cost = 0;
+  for (const auto& [cost, sizes] : ranked) {
+    const double c = remeasure(sizes);
+    if (best.empty() || c < best_cost) {
+      best = sizes;
+      best_cost = c;
+    }
+  }
+  if (remeasured_cost) *remeasured_cost = best_cost;
+  return best;
+}
+
 absl::StatusOr<PrefillPlan> CostModelPlanner::Plan(int context_len, int num_workers, int last_worker) const {
   if (context_len <= 0) return absl::InvalidArgumentError("cannot plan an empty prompt");
   if (num_workers <= 0) return absl::InvalidArgumentError("need at least one worker");

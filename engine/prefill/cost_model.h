@@ -14,6 +14,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -52,6 +53,15 @@ double SimulatePrefill(const LayerShape& shape, const DeviceCosts& costs, const 
 // (if given) counts calls of `cost`.
 std::vector<int> SearchSplit(int context_len, int chunks, const std::function<double(const std::vector<int>&)>& cost,
                              int min_step = 1, std::vector<int> start = {}, int* evaluations = nullptr);
+
+// For a search over noisy costs (one timing per candidate on the device): re-evaluates the `k`
+// cheapest distinct candidates of `seen` (sizes, cost as the search saw it) with `remeasure`
+// (e.g. a median of several timings) and returns the cheapest under it, its cost in
+// `remeasured_cost`. A candidate that won the search by one lucky timing no longer decides the
+// split alone. Empty `seen`: returns {}.
+std::vector<int> ConfirmBest(const std::vector<std::pair<std::vector<int>, double>>& seen, int k,
+                             const std::function<double(const std::vector<int>&)>& remeasure,
+                             double* remeasured_cost = nullptr);
 
 // KVR cost-model planner: SearchSplit over SimulatePrefill.
 class CostModelPlanner : public Planner {
