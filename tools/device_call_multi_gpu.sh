@@ -15,6 +15,9 @@
 #    N GPUs at CTX, TP with links off at CTX_OFF (PEERS_L2=0 skips these three); with llama3-8b
 #    among EXTRA_SHAPES, its 1 GPU, TP and KV-Runahead at EXTRA_CTX.
 # 6. kvrd on N GPUs: 16 streams of 8k-token prompts (tests/server/gpu_daemon_check.sh).
+# 7. kvrd's --tsp_below: TSP_SHAPE (llama3-8b) with cuDNN attention, one stream of 8 requests of
+#    TSP_PROMPT (4096) tokens one after another (TTFT = the prefill), without and with
+#    --tsp_below TSP_BELOW (8192).
 # STEPS (default "1 2 3 4 4b 5 6") picks steps, so the work can be split over calls.
 # Logs and JSON under $OUT (at most 8 files come back: everything is packed into results.tgz
 # except summary.txt).
@@ -22,7 +25,7 @@ set -u
 OUT=${OUT:-$PWD/device_out}; R=/tmp/kvr-call; rm -rf "$R"; mkdir -p "$OUT" "$R"  # R: this call's only
 S="$OUT/summary.txt"
 say() { echo "== $(date +%T) $*" | tee -a "$S"; }
-has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # STEPS: which numbered steps run
+has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # 7 only when named  # STEPS: which numbered steps run
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 [ -d .carry/dev ] || tar -C .carry -xJf .carry/dev.tar.xz
 NGPU=$(nvidia-smi -L | wc -l)
@@ -99,5 +102,15 @@ OUT=$R/daemon PARTITION=${PARTITION:-table:config/splits/h200.json} KVRD_ARGS="-
   timeout 200 bash tests/server/gpu_daemon_check.sh > "$R/daemon_stdout.txt" 2>&1; echo "daemon rc=$?" >> "$S"
 cat "$R/daemon/daemon_summary.txt" >> "$S" 2>/dev/null
 rm -f "$R/daemon/metrics.txt"
+fi
+if has 7; then
+say "7. kvrd without and with --tsp_below ${TSP_BELOW:-8192}: ${TSP_SHAPE:-llama3-8b}, ${TSP_PROMPT:-4096}-token prompts"
+for tsp in 0 ${TSP_BELOW:-8192}; do
+  OUT=$R/daemon_tsp$tsp SHAPE=${TSP_SHAPE:-llama3-8b} STREAMS=1 REQUESTS=8 PROMPT=${TSP_PROMPT:-4096} MAX_TOKENS=4 \
+    PARTITION=${PARTITION:-table:config/splits/h200.json} KVRD_ARGS="--attn_impl cudnn --tsp_below $tsp" \
+    timeout 240 bash tests/server/gpu_daemon_check.sh > "$R/daemon_tsp$tsp.txt" 2>&1; echo "tsp_below $tsp rc=$?" >> "$S"
+  grep -E "ttft|TTFT|ok, " "$R/daemon_tsp$tsp/load.log" | head -4 >> "$S"
+  rm -f "$R/daemon_tsp$tsp/metrics.txt"
+done
 fi
 tar -C "$R" -czf "$OUT/results${STEPS:+_${STEPS// /}}.tgz" . ; say done

@@ -1,10 +1,11 @@
 #!/bin/bash
-# kvrd on the GPU machine (issue 4): a random-weight Llama-7B-shaped model folder, kvrd on every
+# kvrd on the GPU machine (issue 4): a random-weight model folder of a real shape, kvrd on every
 # GPU through the CUDA backend, STREAMS concurrent Generate streams with PROMPT-token prompts from
 # kvr-load, then the Prometheus text of /metrics. Run from the repository root, after unpacking
 # .carry/dev.tar.xz (tools/carry_for_device.sh):
 #   OUT=$OUT bash tests/server/gpu_daemon_check.sh
-# Env: STREAMS (16), PROMPT (8192), MAX_TOKENS (16), LAYERS (32), PARTITION (cost), KVRD_ARGS.
+# Env: STREAMS (16), REQUESTS per stream (1), PROMPT (8192), MAX_TOKENS (16), SHAPE (llama-7b or
+# llama3-8b), LAYERS (32), PARTITION (cost), KVRD_ARGS.
 # Writes kvrd.log, load.json, load.log and metrics.txt under $OUT; exit 0 only if every request
 # completed and the TTFT and per-GPU prefill series are present in /metrics.
 set -u
@@ -15,10 +16,11 @@ D=.carry/dev
 CARRIED_LIBS="$D/lib" . tools/device_libs.sh
 LIBS=$DEVICE_LIBS
 say() { echo "== $(date +%T) $*" | tee -a "$OUT/daemon_summary.txt"; }
-MODEL=/tmp/kvr-llama-7b-random
+SHAPE=${SHAPE:-llama-7b}; TOK=llama2; [ "$SHAPE" = llama3-8b ] && TOK=llama3
+MODEL=/tmp/kvr-$SHAPE-random
 if [ ! -f $MODEL/model.safetensors ]; then
-  say "writing a random-weight llama-7b model folder"
-  python3 tests/server/make_random_model.py --shape llama-7b --layers ${LAYERS:-32} --tokenizer $D/tok/llama2 \
+  say "writing a random-weight $SHAPE model folder"
+  python3 tests/server/make_random_model.py --shape $SHAPE --layers ${LAYERS:-32} --tokenizer $D/tok/$TOK \
     --out $MODEL 2>&1 | tail -3 | tee -a "$OUT/daemon_summary.txt"
 fi
 say "starting kvrd"
@@ -35,6 +37,7 @@ grep -E "ready|backend|GPU|error|Error|calibrat|partition|cudnn" "$OUT/kvrd.log"
 if ! grep -q "kvrd ready" "$OUT/kvrd.log"; then say "kvrd did not become ready"; tail -20 "$OUT/kvrd.log"; kill $KVRD; exit 1; fi
 say "kvr-load: $STREAMS streams, $PROMPT-token prompts, $MAX_TOKENS tokens each"
 LD_LIBRARY_PATH=$LIBS timeout 300 $D/bin/kvr-load --target 127.0.0.1:50051 --streams $STREAMS \
+  --requests_per_stream ${REQUESTS:-1} \
   --prompt_tokens $PROMPT --max_tokens $MAX_TOKENS --out "$OUT/load.json" > "$OUT/load.log" 2>&1; LRC=$?
 tail -4 "$OUT/load.log" | tee -a "$OUT/daemon_summary.txt"
 curl -s http://127.0.0.1:9464/metrics > "$OUT/metrics.txt"
