@@ -25,6 +25,7 @@ const Field kFields[] = {
     {"partition", &ServerConfig::partition},
     {"topology", &ServerConfig::topology},
     {"tsp_below", nullptr, &ServerConfig::tsp_below},
+    {"transport", &ServerConfig::transport},
     {"attn_impl", &ServerConfig::attn_impl},
     {"cpu_threads", nullptr, &ServerConfig::cpu_threads},
     {"max_queue", nullptr, &ServerConfig::max_queue},
@@ -77,6 +78,8 @@ absl::Status ServerConfig::Validate() const {
   if (attn_impl != "mma" && attn_impl != "cudnn" && attn_impl != "auto")
     return bad("attn_impl", absl::StrCat("\"", attn_impl, "\" is not one of mma, cudnn, auto"));
   if (cpu_threads < 1) return bad("cpu_threads", "must be >= 1");
+  if (transport != "nccl" && transport != "copy")
+    return bad("transport", absl::StrCat("\"", transport, "\" is not one of nccl, copy"));
   if (tsp_below < 0) return bad("tsp_below", "must be >= 0 (0 = every prompt takes the KV-Runahead plan)");
   if (max_queue < 1) return bad("max_queue", "must be >= 1");
   if (max_running < 1) return bad("max_running", "must be >= 1");

@@ -121,6 +121,7 @@ int RunDaemon(const ServerConfig& c, const sigset_t& signals) {
   eo.partition = c.partition;
   eo.topology = c.topology;
   eo.tsp_below = c.tsp_below;
+  eo.transport = c.transport;
   eo.attn_impl = c.attn_impl;
   eo.cpu_threads = c.cpu_threads;
   absl::StatusOr<std::unique_ptr<Engine>> loaded = Engine::Load(eo);

@@ -24,6 +24,9 @@ ABSL_FLAG(std::string, partition, "even",
           "prefill split planner: even, cost (cost model), table:PATH (KVR-P split table, e.g. "
           "config/splits/h200.json; the cost model where it has no entry), fixed:n1,n2,...");
 ABSL_FLAG(std::string, topology, "chain", "KV-Runahead transfer topology: chain or fan-out");
+ABSL_FLAG(std::string, transport, "nccl",
+          "K/V between GPUs: nccl (point-to-point kernels) or copy (the GPUs' copy engines, peer "
+          "access needed between every pair; no SM is taken from compute)");
 ABSL_FLAG(int, tsp_below, 0,
           "prompts shorter than this many tokens are prefilled with TSP (even split, every GPU "
           "all-gathers each layer's K/V) instead of the KV-Runahead plan; 0 = never. On 4x H200 "
@@ -73,6 +76,7 @@ kvr::ServerConfig FromFlags() {
   c.partition = absl::GetFlag(FLAGS_partition);
   c.topology = absl::GetFlag(FLAGS_topology);
   c.tsp_below = absl::GetFlag(FLAGS_tsp_below);
+  c.transport = absl::GetFlag(FLAGS_transport);
   c.attn_impl = absl::GetFlag(FLAGS_attn_impl);
   c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   c.max_queue = absl::GetFlag(FLAGS_max_queue);

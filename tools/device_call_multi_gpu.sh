@@ -6,7 +6,8 @@
 # 2. cuDNN attention tests on GPU 0 (bucketed plans, runner).
 # 3. kvr-bench, Llama-2-7B shape, 1 and N GPUs, links on: MODES (default 1gpu, tp, tsp, kvr-e,
 #    kvr-cost, kvr-s) at CTX (default 4096,16384,32768), with ATTN (default cudnn) attention in
-#    every mode; the per-GPU timeline of KVR-S at 16k.
+#    every mode; the per-GPU timeline of KVR-S at 16k. TRANSPORT (nccl; or copy) picks how K/V
+#    move between GPUs in steps 3, 4 and 4b.
 # 4. The same at CTX_OFF (default 16384) with NCCL_P2P_DISABLE=1 (MODES_OFF, default tp, tsp,
 #    kvr-cost, kvr-s); KVRP_TABLE (e.g. config/splits/h200.json) lets kvr-p run without kvr-s.
 # 4b. EXTRA_SHAPES (default llama3-8b falcon-7b) at EXTRA_CTX (default 16384) on 1 and N GPUs,
@@ -56,7 +57,7 @@ if has 3; then
 say "3. kvr-bench llama-7b, gpus 1,$NGPU, ctx $CTX, attention $ATTN, links on"
 LD_LIBRARY_PATH=$LIBS timeout ${BENCH_TIMEOUT:-230} $B/kvr-bench --shape llama-7b --gpus 1,$NGPU --ctx $CTX \
   --modes ${MODES:-1gpu,tp,tsp,kvr-e,kvr-cost,kvr-s} --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --timeline 16384 \
-  --link nvlink --table "$R/splits.json" --out "$R/bench_on.json" > "$R/bench_on.log" 2>&1; echo "bench rc=$?" >> "$S"
+  --link nvlink --transport ${TRANSPORT:-nccl} --table "$R/splits.json" --out "$R/bench_on.json" > "$R/bench_on.log" 2>&1; echo "bench rc=$?" >> "$S"
 grep -E "TTFT|refused|calibrat" "$R/bench_on.log" | grep -v "^I .*chunk [0-9]/" | cut -c1-200 >> "$S"
 
 fi
@@ -64,7 +65,7 @@ if has 4; then
 say "4. links off (NCCL_P2P_DISABLE=1), ctx $CTX_OFF"
 NCCL_P2P_DISABLE=1 LD_LIBRARY_PATH=$LIBS timeout ${OFF_TIMEOUT:-120} $B/kvr-bench --shape llama-7b --gpus $NGPU --ctx $CTX_OFF \
   --modes ${MODES_OFF:-tp,tsp,kvr-cost,kvr-s} --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link p2p-off \
-  ${KVRP_TABLE:+--kvrp_table $KVRP_TABLE} \
+  ${KVRP_TABLE:+--kvrp_table $KVRP_TABLE} --transport ${TRANSPORT:-nccl} \
   --table "$R/splits.json" --out "$R/bench_off.json" > "$R/bench_off.log" 2>&1; echo "bench off rc=$?" >> "$S"
 grep -E "TTFT|refused" "$R/bench_off.log" | cut -c1-200 >> "$S"
 
@@ -76,6 +77,7 @@ for sh in ${EXTRA_SHAPES-llama3-8b falcon-7b}; do
   modes=${EXTRA_MODES:-1gpu,tp,tsp,kvr-cost,kvr-s}; [ $sh = falcon-7b ] && modes=${modes/tp,/}
   LD_LIBRARY_PATH=$LIBS timeout ${SHAPE_TIMEOUT:-110} $B/kvr-bench --shape $sh --gpus 1,$NGPU --ctx $EXTRA_CTX \
     --modes $modes --attn_impl $ATTN --reps 3 --warmup 1 --search_reps 1 --link nvlink --timeline 16384 \
+    --transport ${TRANSPORT:-nccl} \
     --table "$R/splits.json" --out "$R/bench_$sh.json" > "$R/bench_$sh.log" 2>&1; echo "bench $sh rc=$?" >> "$S"
   grep -E "TTFT|refused" "$R/bench_$sh.log" | cut -c1-200 >> "$S"
 done

@@ -46,6 +46,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
+#include "engine/cuda/peer/peer_fabric.h"
 #include "engine/cuda/tensor_parallel.h"
 #include "engine/prefill/calibration.h"
 #include "engine/prefill/coordinator.h"
@@ -69,6 +70,10 @@ ABSL_FLAG(int, search_reps, 2, "timed runs per candidate split in kvr-s");
 ABSL_FLAG(int, confirm, 4, "kvr-s: candidates re-timed (median of --reps) after the search; 0 = none");
 ABSL_FLAG(int, search_resolution, 64, "kvr-s stops refining at steps of C / this");
 ABSL_FLAG(std::string, link, "nvlink", "label of the GPU link for the split table (nvlink, p2p-off)");
+ABSL_FLAG(std::string, transport, "nccl",
+          "K/V transport of the KV-Runahead modes and TSP: nccl (point-to-point kernels) or copy (the "
+          "copy engines, engine/cuda/peer/peer_fabric.h; its searched splits are filed under link "
+          "LINK-copy)");
 ABSL_FLAG(std::string, table, "", "split table to add the kvr-s results to (JSON, see split_table.h)");
 ABSL_FLAG(std::string, kvrp_table, "",
           "split table whose entries for this setup kvr-p interpolates from too (this run's kvr-s "
@@ -324,7 +329,12 @@ absl::Status Run() {
   out["layers"] = config.num_layers;
   out["card"] = card;
   out["attn_impl"] = absl::GetFlag(FLAGS_attn_impl);
-  out["link"] = absl::GetFlag(FLAGS_link);
+  const bool copy = absl::GetFlag(FLAGS_transport) == "copy";
+  if (!copy && absl::GetFlag(FLAGS_transport) != "nccl")
+    return absl::InvalidArgumentError("--transport must be nccl or copy");
+  const std::string link = absl::GetFlag(FLAGS_link) + (copy ? "-copy" : "");
+  out["link"] = link;
+  out["transport"] = absl::GetFlag(FLAGS_transport);
   out["calibration"] = {{"gemm_tflops", costs.gemm_flops_per_s / 1e12}, {"attn_tflops", costs.attn_flops_per_s / 1e12},
                         {"layer_overhead_us", costs.layer_overhead_s * 1e6}, {"link_gbps", costs.link_bytes_per_s / 1e9},
                         {"link_latency_us", costs.link_latency_s * 1e6}};
@@ -343,7 +353,11 @@ absl::Status Run() {
     std::unique_ptr<ChainFabric> fabric;
     if (p > 1) {
       SelectCudaDevice(0);
-      KVR_ASSIGN_OR_RETURN(fabric, MakeNcclFabric(p));
+      if (copy) {
+        KVR_ASSIGN_OR_RETURN(fabric, MakePeerCopyFabric(p));
+      } else {
+        KVR_ASSIGN_OR_RETURN(fabric, MakeNcclFabric(p));
+      }
     } else {
       fabric = MakeNcclFabric(1).value();
     }
@@ -363,7 +377,7 @@ absl::Status Run() {
       }
     }
     const std::string setup =
-        SetupKey(ShapeName(config), p, card, absl::GetFlag(FLAGS_link), absl::GetFlag(FLAGS_attn_impl));
+        SetupKey(ShapeName(config), p, card, link, absl::GetFlag(FLAGS_attn_impl));
     std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
     if (!absl::GetFlag(FLAGS_kvrp_table).empty()) {
       KVR_ASSIGN_OR_RETURN(SplitTable given, SplitTable::Load(absl::GetFlag(FLAGS_kvrp_table)));

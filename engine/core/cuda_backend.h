@@ -27,7 +27,8 @@ struct CudaBackendApi {
   absl::StatusOr<std::unique_ptr<ModelRunner>> (*make_runner)(const ModelFolder& folder,
                                                               const ModelWeights& weights, int device,
                                                               const std::string& attn_impl);
-  absl::StatusOr<std::unique_ptr<ChainFabric>> (*make_fabric)(int devices);  // NCCL point-to-point
+  // transport: "nccl" (NCCL point-to-point) or "copy" (copy engines, engine/cuda/peer).
+  absl::StatusOr<std::unique_ptr<ChainFabric>> (*make_fabric)(int devices, const std::string& transport);
   void (*select_device)(int device);  // on a worker thread, before its first CUDA call
 };
 

@@ -188,7 +188,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   if (engine->backend_ == "cpu") {
     fabric = MakeInProcessFabric();
   } else {
-    KVR_ASSIGN_OR_RETURN(fabric, engine->cuda_->api().make_fabric(workers));
+    if (options.transport != "nccl" && options.transport != "copy")
+      return absl::InvalidArgumentError(
+          absl::StrCat("transport \"", options.transport, "\" is not one of nccl, copy"));
+    KVR_ASSIGN_OR_RETURN(fabric, engine->cuda_->api().make_fabric(workers, options.transport));
+    KVR_LOG(INFO) << "K/V between GPUs: " << (options.transport == "copy" ? "copy engines (peer copies)" : "NCCL point-to-point");
     on_thread_start = [select = engine->cuda_->api().select_device](int device) { select(device); };
   }
   std::vector<ModelRunner*> ptrs;

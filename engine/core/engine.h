@@ -29,6 +29,7 @@ struct EngineOptions {
   int workers = 0;                  // prefill workers: 0 = every GPU, or 2 on the CPU
   std::string partition = "even";   // even | cost | table:PATH | fixed:n1,n2,...
   std::string topology = "chain";   // chain | fan-out
+  std::string transport = "nccl";   // CUDA K/V transport: nccl | copy (engine/cuda/peer/peer_fabric.h)
   int tsp_below = 0;                // prompts shorter than this: TSP (CrossoverPlanner); 0 = never
   std::string attn_impl = "mma";    // CUDA prefill attention: mma | cudnn | auto (cuda_runner.h)
   // CUDA backend with partition cost or table: measure the cost model's compute rates on GPU 0

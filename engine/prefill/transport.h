@@ -1,6 +1,7 @@
 // Transport: moves K/V rows of one layer between the caches of the workers of one prefill.
 // One ChainEndpoint per worker per prefill, made by a ChainFabric. Implementations: in-process
-// (CPU threads, engine/prefill/inproc_transport.h) and NCCL point-to-point (engine/cuda).
+// (CPU threads, engine/prefill/inproc_transport.h), NCCL point-to-point (engine/cuda/nccl) and
+// peer copies by the copy engines (engine/cuda/peer).
 //
 // The worker calls, per layer l, in this order:
 //   runner.LayerQkv(l)     own K/V rows [s, e) are written (or enqueued) into the cache

@@ -1,5 +1,6 @@
-// KV-Runahead across GPUs through the NCCL fabric (engine/cuda/nccl): PrefillCoordinator +
-// MakeNcclFabric + one random-weight CudaRunner per GPU, over 2 GPUs, 4 when present and all of
+// KV-Runahead across GPUs through the NCCL fabric (engine/cuda/nccl), and the peer-copy fabric
+// (engine/cuda/peer, PeerCopyChain.*): PrefillCoordinator + the fabric + one random-weight
+// CudaRunner per GPU, over 2 GPUs, 4 when present and all of
 // them when more, for the chain, fan-out and all-gather (TSP) topologies, with uneven splits
 // (1-token chunks first, last and in the middle) and with the last position on the first and on
 // the last GPU.
@@ -30,6 +31,7 @@
 
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
+#include "engine/cuda/peer/peer_fabric.h"
 #include "engine/prefill/coordinator.h"
 #include "engine/prefill/planner.h"
 #include "tests/cuda/gpu_test_util.h"
@@ -202,8 +204,9 @@ std::vector<std::vector<int>> Splits(int C, int p) {
 std::string Describe(int p, const PrefillPlan& plan) { return std::to_string(p) + " GPUs, " + plan.ToString(); }
 
 // Runs every case on p GPUs and checks it against its sequential reference on GPU 0.
+// `copy`: through the peer-copy fabric instead of NCCL.
 void RunCases(const ModelConfig& cfg, int p, int C, const std::vector<Case>& cases, const std::vector<int>& layers_to_check,
-              int runs_per_case) {
+              int runs_per_case, bool copy = false) {
   std::vector<std::unique_ptr<ModelRunner>> owned;
   std::vector<ModelRunner*> runners;
   for (int d = 0; d < p; ++d) {
@@ -212,9 +215,9 @@ void RunCases(const ModelConfig& cfg, int p, int C, const std::vector<Case>& cas
     runners.push_back(r->get());
     owned.push_back(std::move(*r));
   }
-  Dog().Arm("MakeNcclFabric(" + std::to_string(p) + ")", 120);
+  Dog().Arm(std::string(copy ? "MakePeerCopyFabric(" : "MakeNcclFabric(") + std::to_string(p) + ")", 120);
   SelectCudaDevice(0);
-  auto fabric = MakeNcclFabric(p);
+  auto fabric = copy ? MakePeerCopyFabric(p) : MakeNcclFabric(p);
   Dog().Disarm();
   ASSERT_TRUE(fabric.ok()) << fabric.status();
   PrefillCoordinator co(runners, std::move(*fabric), [](int d) { SelectCudaDevice(d); });
@@ -268,6 +271,32 @@ TEST(NcclChain, EveryTopologyAndSplitMatchesOneGpuBitForBit) {
     std::vector<int> layers;
     for (int l = 0; l < cfg.num_layers; ++l) layers.push_back(l);
     RunCases(cfg, p, C, cases, layers, 2);
+  }
+}
+
+// The same splits and topologies through the peer-copy fabric (copy engines, no kernels), and
+// the deep 8k-token case: both bit for bit against the sequential run on GPU 0.
+TEST(PeerCopyChain, EveryTopologyAndSplitMatchesOneGpuBitForBit) {
+  const ModelConfig cfg = Model(4);
+  const int C = 301;
+  for (int p : MultiGpuCounts()) {
+    std::vector<Case> cases;
+    for (Topology t : {Topology::kChain, Topology::kFanOut, Topology::kAllGather}) {
+      for (const auto& s : Splits(C, p)) {
+        cases.push_back({t, s, p - 1});
+        cases.push_back({t, s, 0});
+      }
+    }
+    std::vector<int> layers;
+    for (int l = 0; l < cfg.num_layers; ++l) layers.push_back(l);
+    RunCases(cfg, p, C, cases, layers, 2, /*copy=*/true);
+  }
+  const ModelConfig deep = Model(32);
+  for (int p : MultiGpuCounts()) {
+    std::vector<int> even(p, 8192 / p);
+    even[p - 1] += 8192 % p;
+    RunCases(deep, p, 8192, {{Topology::kChain, even, p - 1}, {Topology::kAllGather, even, 0}}, {0, 15, 31}, 1,
+             /*copy=*/true);
   }
 }
 

@@ -2,6 +2,7 @@
 #include "engine/core/cuda_backend.h"
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
+#include "engine/cuda/peer/peer_fabric.h"
 
 namespace {
 
@@ -13,7 +14,10 @@ const kvr::CudaBackendApi kApi = {
       options.attn_impl = attn_impl;
       return kvr::MakeCudaRunner(folder, weights, device, options);
     },
-    /*make_fabric=*/[](int devices) { return kvr::MakeNcclFabric(devices); },
+    /*make_fabric=*/
+    [](int devices, const std::string& transport) {
+      return transport == "copy" ? kvr::MakePeerCopyFabric(devices) : kvr::MakeNcclFabric(devices);
+    },
     /*select_device=*/[](int device) { kvr::SelectCudaDevice(device); },
 };
 
