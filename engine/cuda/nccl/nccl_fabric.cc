@@ -68,6 +68,36 @@ absl::Status NcclGroup(Ops&& ops) {
   return NcclOk(end, "ncclGroupEnd");
 }
 
+// KVR_NCCL_MAX_CTAS (a knob for measuring, unset by default): the most CTAs, so SMs, that one
+// NCCL kernel of the fabric may use (ncclConfig_t::maxCTAs). An NCCL receive kernel stays resident
+// on the receiver's SMs until its data lands; docs/benchmarks.md ("Where the missing time goes")
+// finds the receiving GPUs computing 12-24% slower than the cost model, and this is one way to
+// test whether those SMs are why (the peer-copy fabric, engine/cuda/peer, is the other). 0 or
+// unset: NCCL's own choice.
+int MaxCtasFromEnv() {
+  const char* e = std::getenv("KVR_NCCL_MAX_CTAS");
+  return e != nullptr ? std::atoi(e) : 0;
+}
+
+// ncclCommInitAll(comms, n, devs), or, with KVR_NCCL_MAX_CTAS set, the same communicator made
+// rank by rank with that limit in its config (one group, from this thread).
+absl::Status MakeComms(ncclComm_t* comms, int n, const int* devs) {
+  const int max_ctas = MaxCtasFromEnv();
+  if (max_ctas <= 0) return NcclOk(ncclCommInitAll(comms, n, devs), "ncclCommInitAll");
+  ncclUniqueId id;
+  KVR_RETURN_IF_ERROR(NcclOk(ncclGetUniqueId(&id), "ncclGetUniqueId"));
+  return NcclGroup([&]() -> absl::Status {
+    for (int r = 0; r < n; ++r) {
+      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+      config.minCTAs = 1;
+      config.maxCTAs = max_ctas;
+      KVR_RETURN_IF_ERROR(CudaOk(cudaSetDevice(devs[r]), "cudaSetDevice"));
+      KVR_RETURN_IF_ERROR(NcclOk(ncclCommInitRankConfig(&comms[r], n, id, r, &config), "ncclCommInitRankConfig"));
+    }
+    return absl::OkStatus();
+  });
+}
+
 // The link from device `self` to device `peer`.
 // In both communicators of a direction the sender is rank 0 and the receiver rank 1.
 struct Link {
@@ -136,7 +166,7 @@ class NcclFabric : public ChainFabric {
         if (i == j) continue;
         ncclComm_t comms[2];
         int devs[2] = {i, j};  // rank 0 = sender i, rank 1 = receiver j
-        KVR_RETURN_IF_ERROR(NcclOk(ncclCommInitAll(comms, 2, devs), "ncclCommInitAll"));
+        KVR_RETURN_IF_ERROR(MakeComms(comms, 2, devs));
         links_[i][j].send_comm = comms[0];
         links_[j][i].recv_comm = comms[1];
       }
@@ -144,7 +174,7 @@ class NcclFabric : public ChainFabric {
     if (n_ > 1) {
       std::vector<int> devs(n_);
       for (int i = 0; i < n_; ++i) devs[i] = i;
-      KVR_RETURN_IF_ERROR(NcclOk(ncclCommInitAll(ag_comms_.data(), n_, devs.data()), "ncclCommInitAll (all-gather)"));
+      KVR_RETURN_IF_ERROR(MakeComms(ag_comms_.data(), n_, devs.data()));
     }
     return ConnectAll();
   }
