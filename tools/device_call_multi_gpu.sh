@@ -19,6 +19,9 @@
 # 7. kvrd's --tsp_below: TSP_SHAPE (llama3-8b) with cuDNN attention, one stream of 8 requests of
 #    TSP_PROMPT (4096) tokens one after another (TTFT = the prefill), without and with
 #    --tsp_below TSP_BELOW (8192).
+# 8. The receiving-GPU slowdown (docs/benchmarks.md, "Where the missing time goes"): Llama-2-7B
+#    at 16k on N GPUs, KVR-E, KVR-P (from the split table) and KVR-S with its timeline, three
+#    ways: NCCL, NCCL with KVR_NCCL_MAX_CTAS=2, and --transport copy.
 # STEPS (default "1 2 3 4 4b 5 6") picks steps, so the work can be split over calls.
 # Logs and JSON under $OUT (at most 8 files come back: everything is packed into results.tgz
 # except summary.txt).
@@ -26,7 +29,7 @@ set -u
 OUT=${OUT:-$PWD/device_out}; R=/tmp/kvr-call; rm -rf "$R"; mkdir -p "$OUT" "$R"  # R: this call's only
 S="$OUT/summary.txt"
 say() { echo "== $(date +%T) $*" | tee -a "$S"; }
-has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # 7 only when named  # STEPS: which numbered steps run
+has() { [[ " ${STEPS:-1 2 3 4 4b 5 6} " == *" $1 "* ]]; }  # 7 and 8 only when named  # STEPS: which numbered steps run
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 [ -d .carry/dev ] || tar -C .carry -xJf .carry/dev.tar.xz
 NGPU=$(nvidia-smi -L | wc -l)
@@ -113,6 +116,19 @@ for tsp in 0 ${TSP_BELOW:-8192}; do
     timeout 240 bash tests/server/gpu_daemon_check.sh > "$R/daemon_tsp$tsp.txt" 2>&1; echo "tsp_below $tsp rc=$?" >> "$S"
   grep -E "ttft|TTFT|ok, " "$R/daemon_tsp$tsp/load.log" | head -4 >> "$S"
   rm -f "$R/daemon_tsp$tsp/metrics.txt"
+done
+fi
+if has 8; then
+say "8. 16k on $NGPU GPUs: NCCL, NCCL with 2 CTAs a kernel, copy engines"
+for way in nccl ctas2 copy; do
+  env=""; tr=nccl; [ $way = ctas2 ] && env="KVR_NCCL_MAX_CTAS=2"; [ $way = copy ] && tr=copy
+  env $env LD_LIBRARY_PATH=$LIBS timeout ${WAY_TIMEOUT:-110} $B/kvr-bench --shape llama-7b --gpus $NGPU --ctx 16384 \
+    --modes kvr-e,kvr-p,kvr-s --kvrp_table config/splits/h200.json --attn_impl $ATTN --reps 3 --warmup 1 \
+    --search_reps 1 --timeline 16384 --link nvlink --transport $tr --out "$R/bench_way_$way.json" \
+    > "$R/bench_way_$way.log" 2>&1; echo "way $way rc=$?" >> "$S"
+  grep -E "TTFT" "$R/bench_way_$way.log" | cut -c1-160 >> "$S"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('timeline', [(w['gpu'], round(w['busy_ms'],1), round(w['stall_ms'],1)) for w in d.get('timeline',{}).get('workers',[])])" \
+    "$R/bench_way_$way.json" >> "$S" 2>/dev/null
 done
 fi
 tar -C "$R" -czf "$OUT/results${STEPS:+_${STEPS// /}}.tgz" . ; say done
