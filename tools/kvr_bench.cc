@@ -381,9 +381,18 @@ absl::Status Run() {
     std::map<int, std::vector<int>> searched;  // context -> kvr-s sizes
     if (!absl::GetFlag(FLAGS_kvrp_table).empty()) {
       KVR_ASSIGN_OR_RETURN(SplitTable given, SplitTable::Load(absl::GetFlag(FLAGS_kvrp_table)));
-      for (const SplitEntry& e : given.entries())
-        if (e.setup == setup && static_cast<int>(e.sizes.size()) == p) searched[e.context] = e.sizes;
-      KVR_LOG(INFO) << "kvr-p: " << searched.size() << " searched lengths of " << setup << " from "
+      // With --transport copy and no splits of its own yet, the NCCL setup's splits: the same
+      // split under both transports is what isolates the transport's effect.
+      const std::string nccl_setup =
+          SetupKey(ShapeName(config), p, card, absl::GetFlag(FLAGS_link), absl::GetFlag(FLAGS_attn_impl));
+      std::string used = setup;
+      for (const std::string& want : {setup, nccl_setup}) {
+        used = want;
+        for (const SplitEntry& e : given.entries())
+          if (e.setup == want && static_cast<int>(e.sizes.size()) == p) searched[e.context] = e.sizes;
+        if (!searched.empty()) break;
+      }
+      KVR_LOG(INFO) << "kvr-p: " << searched.size() << " searched lengths of " << used << " from "
                     << absl::GetFlag(FLAGS_kvrp_table);
     }
     for (int C : contexts) {
