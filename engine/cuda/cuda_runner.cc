@@ -737,13 +737,19 @@ class CudaRunner : public ModelRunner {
     return CudaStatus(K::RmsNorm(dt_, x, w, cfg_.norm_eps, n, cfg_.hidden_size, out, stream_), "rmsnorm");
   }
 
-  // h = norm(x); qkv = h Wqkv^T (+b); rotary; K, V -> cache (rp carries positions and cache).
-  absl::Status QkvBlock(const DevLayer& w, int n, const float* x, void* h, void* qkv, void* q,
-                        K::RopeAppendParams rp) {
+  // h = norm(x); qkv = h Wqkv^T (+b).
+  absl::Status QkvProject(const DevLayer& w, int n, const float* x, void* h, void* qkv) {
     const int C = cfg_.hidden_size, E = cfg_.qkv_dim();
     KVR_RETURN_IF_ERROR(Norm(x, w.attn_norm_w, w.attn_norm_b, n, h));
     KVR_BLAS(gemm_->Linear(dt_, h, w.wqkv, n, C, E, qkv, K::GemmOut::kSame, 0.f, stream_));
     if (w.bqkv) KVR_CU(K::AddBias(dt_, qkv, w.bqkv, n, E, stream_));
+    return absl::OkStatus();
+  }
+
+  // QkvProject; rotary; K, V -> cache (rp carries positions and cache).
+  absl::Status QkvBlock(const DevLayer& w, int n, const float* x, void* h, void* qkv, void* q,
+                        K::RopeAppendParams rp) {
+    KVR_RETURN_IF_ERROR(QkvProject(w, n, x, h, qkv));
     rp.qkv = qkv;
     rp.n = n;
     rp.Hq = cfg_.num_q_heads;
@@ -900,16 +906,11 @@ class CudaRunner : public ModelRunner {
       rp.v_table = dvt + static_cast<size_t>(l) * B;
       K::DecodeAttnParams ap;
       if (fuse_decode_) {  // rotary + append inside the attention kernel
+        KVR_RETURN_IF_ERROR(QkvProject(w, B, dec_.x, dec_.h, dec_.qkv));
         ap.qkv = dec_.qkv;
         ap.inv_freq = inv_freq_;
         ap.k_out = rp.k_table;
         ap.v_out = rp.v_table;
-      }
-      if (fuse_decode_) {
-        const int C = cfg_.hidden_size, E = cfg_.qkv_dim();
-        KVR_RETURN_IF_ERROR(Norm(dec_.x, w.attn_norm_w, w.attn_norm_b, B, dec_.h));
-        KVR_BLAS(gemm_->Linear(dt_, dec_.h, w.wqkv, B, C, E, dec_.qkv, K::GemmOut::kSame, 0.f, stream_));
-        if (w.bqkv) KVR_CU(K::AddBias(dt_, dec_.qkv, w.bqkv, B, E, stream_));
       } else {
         KVR_RETURN_IF_ERROR(QkvBlock(w, B, dec_.x, dec_.h, dec_.qkv, dec_.q, rp));
       }

@@ -689,10 +689,15 @@ TEST(Kernels, CudnnVsMmaPrefillAttention) {
   }
 }
 
+// A decode-attention case: cache lengths of the batch, heads, head size, window, key splits.
+struct DecodeCase {
+  std::vector<int> lens;
+  int Hq, Hkv, D, window, splits;
+};
+
 TEST(Kernels, DecodeAttention) {
   std::mt19937 rng(7);
-  struct Case { std::vector<int> lens; int Hq, Hkv, D, window, splits; };
-  const Case cases[] = {
+  const DecodeCase cases[] = {
       {{1, 300, 5000}, 8, 2, 128, 0, 16},
       {{4097}, 32, 32, 128, 0, 4},
       {{63, 64, 65}, 71, 1, 64, 0, 128},
@@ -700,7 +705,7 @@ TEST(Kernels, DecodeAttention) {
       {{129}, 8, 8, 128, 0, 1},
   };
   for (DType dt : kTypes) {
-    for (const Case& c : cases) {
+    for (const DecodeCase& c : cases) {
       const int B = static_cast<int>(c.lens.size());
       auto q = RandomHalf(dt, static_cast<size_t>(B) * c.Hq * c.D, 1.f, rng);
       std::vector<HalfData> ks, vs;
@@ -777,15 +782,14 @@ TEST(Kernels, DecodeAttention) {
 // queries and keys, and it equals RopeAppend followed by the plain kernel bit for bit.
 TEST(Kernels, DecodeAttentionFusedRotary) {
   std::mt19937 rng(9);
-  struct Case { std::vector<int> lens; int Hq, Hkv, D, window, splits; };
-  const Case cases[] = {
+  const DecodeCase cases[] = {
       {{1, 300, 5000}, 8, 2, 128, 0, 16},
       {{4097}, 32, 32, 128, 0, 12},
       {{63, 65}, 71, 1, 64, 0, 3},
       {{3000, 10}, 4, 4, 64, 500, 8},
   };
   for (DType dt : kTypes) {
-    for (const Case& c : cases) {
+    for (const DecodeCase& c : cases) {
       const int B = static_cast<int>(c.lens.size()), D = c.D, half = D / 2;
       const int E = (c.Hq + 2 * c.Hkv) * D;
       auto qkv = RandomHalf(dt, static_cast<size_t>(B) * E, 1.f, rng);

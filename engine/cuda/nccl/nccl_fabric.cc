@@ -43,15 +43,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/cuda/transport_timing.h"
 #include "engine/util/status_macros.h"
 
 namespace kvr {
 namespace {
 
-absl::Status CudaOk(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
-}
 absl::Status NcclOk(ncclResult_t r, const char* what) {
   if (r == ncclSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(r)));
@@ -120,13 +117,13 @@ class NcclEndpoint : public ChainEndpoint {
   TransportStats stats() const override { return stats_; }
 
  private:
-  cudaEvent_t NewEvent(bool timing);
+  cudaEvent_t NewEvent();  // untimed; destroyed with the endpoint
   absl::Status AllGatherLayer(int layer);  // SendLayer of the all-gather topology
   NcclFabric* fabric_;
   int position_;
   std::vector<cudaEvent_t> events_;                  // every event this endpoint made
   std::vector<std::vector<cudaEvent_t>> recv_done_;  // [layer][incoming transfer]
-  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> stall_;  // [layer]: around the compute wait
+  StallClock stall_;                                 // the compute stream's waits, per layer
   std::vector<cudaStream_t> streams_used_;           // send and receive streams to drain
   TransportStats stats_;
 };
@@ -312,9 +309,9 @@ NcclEndpoint::~NcclEndpoint() {
   for (cudaEvent_t e : events_) cudaEventDestroy(e);
 }
 
-cudaEvent_t NcclEndpoint::NewEvent(bool timing) {
+cudaEvent_t NcclEndpoint::NewEvent() {
   cudaEvent_t e = nullptr;
-  cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming);
+  cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
   events_.push_back(e);
   return e;
 }
@@ -323,8 +320,7 @@ absl::Status NcclEndpoint::Post() {
   KvCache& cache = fabric_->cache(position_);
   const int layers = cache.num_layers();
   recv_done_.assign(layers, {});
-  stall_.resize(layers);
-  for (int l = 0; l < layers; ++l) stall_[l] = {NewEvent(true), NewEvent(true)};
+  KVR_RETURN_IF_ERROR(stall_.Init(layers));
   if (fabric_->plan().topology == Topology::kAllGather) {
     // Nothing up front: each layer's receives go out with its sends, in one group (SendLayer).
     for (const KvTransfer& t : fabric_->transfers()) {
@@ -348,7 +344,7 @@ absl::Status NcclEndpoint::Post() {
         KVR_RETURN_IF_ERROR(NcclOk(ncclRecv(view.k + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv K"));
         return NcclOk(ncclRecv(view.v + offset, bytes, ncclInt8, 0, link.recv_comm, link.recv), "ncclRecv V");
       }));
-      cudaEvent_t done = NewEvent(false);
+      cudaEvent_t done = NewEvent();
       KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(done, link.recv), "cudaEventRecord"));
       recv_done_[l].push_back(done);
       stats_.bytes_received += 2 * bytes;
@@ -364,7 +360,7 @@ absl::Status NcclEndpoint::Post() {
 absl::Status NcclEndpoint::SendLayer(int layer) {
   if (fabric_->plan().topology == Topology::kAllGather) return AllGatherLayer(layer);
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
-  cudaEvent_t qkv_done = NewEvent(false);
+  cudaEvent_t qkv_done = NewEvent();
   KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(qkv_done, compute), "cudaEventRecord"));
   const KvLayerView view = fabric_->cache(position_).layer(layer);
   const int own_begin = fabric_->plan().chunk_begin(position_);
@@ -400,7 +396,7 @@ absl::Status NcclEndpoint::AllGatherLayer(int layer) {
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
   cudaStream_t stream = fabric_->ag_stream(position_);
   ncclComm_t comm = fabric_->ag_comm(position_);
-  cudaEvent_t qkv_done = NewEvent(false);
+  cudaEvent_t qkv_done = NewEvent();
   KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(qkv_done, compute), "cudaEventRecord"));
   KVR_RETURN_IF_ERROR(CudaOk(cudaStreamWaitEvent(stream, qkv_done, 0), "cudaStreamWaitEvent"));
   const KvLayerView view = fabric_->cache(position_).layer(layer);
@@ -422,7 +418,7 @@ absl::Status NcclEndpoint::AllGatherLayer(int layer) {
     }
     return absl::OkStatus();
   }));
-  cudaEvent_t done = NewEvent(false);
+  cudaEvent_t done = NewEvent();
   KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(done, stream), "cudaEventRecord"));
   recv_done_[layer].push_back(done);
   return absl::OkStatus();
@@ -430,26 +426,16 @@ absl::Status NcclEndpoint::AllGatherLayer(int layer) {
 
 absl::Status NcclEndpoint::WaitPrefix(int layer) {
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
-  KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(stall_[layer].first, compute), "cudaEventRecord"));
+  KVR_RETURN_IF_ERROR(stall_.Begin(layer, compute));
   for (cudaEvent_t e : recv_done_[layer]) {
     KVR_RETURN_IF_ERROR(CudaOk(cudaStreamWaitEvent(compute, e, 0), "cudaStreamWaitEvent"));
   }
-  KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(stall_[layer].second, compute), "cudaEventRecord"));
-  return absl::OkStatus();
+  return stall_.End(layer, compute);
 }
 
 absl::Status NcclEndpoint::Finish() {
-  for (cudaStream_t s : streams_used_) {
-    KVR_RETURN_IF_ERROR(CudaOk(cudaStreamSynchronize(s), "waiting for K/V transfers"));
-  }
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
-  KVR_RETURN_IF_ERROR(CudaOk(cudaStreamSynchronize(compute), "waiting for the compute stream"));
-  double wait = 0;
-  for (auto& [a, b] : stall_) {
-    float ms = 0;
-    if (cudaEventElapsedTime(&ms, a, b) == cudaSuccess) wait += ms * 1e-3;
-  }
-  stats_.wait_seconds = wait;
+  KVR_ASSIGN_OR_RETURN(stats_.wait_seconds, DrainAndTime(streams_used_, "waiting for K/V transfers", compute, stall_));
   return absl::OkStatus();
 }
 

@@ -8,15 +8,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/cuda/transport_timing.h"
 #include "engine/util/status_macros.h"
 
 namespace kvr {
 namespace {
-
-absl::Status CudaOk(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
-}
 
 // Restores the calling thread's current device when it goes out of scope.
 class DeviceGuard {
@@ -33,7 +29,7 @@ class PeerCopyFabric;
 class PeerEndpoint : public ChainEndpoint {
  public:
   PeerEndpoint(PeerCopyFabric* fabric, int position);
-  ~PeerEndpoint() override;
+  absl::Status Init();  // on the worker's thread: the stall events on its device
   absl::Status SendLayer(int layer) override;
   absl::Status WaitPrefix(int layer) override;
   absl::Status Finish() override;
@@ -42,7 +38,7 @@ class PeerEndpoint : public ChainEndpoint {
  private:
   PeerCopyFabric* fabric_;
   int position_;
-  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> stall_;  // [layer]: around the compute wait
+  StallClock stall_;                                         // the compute stream's waits, per layer
   std::vector<cudaStream_t> streams_used_;                   // copy streams to drain at Finish
   TransportStats stats_;
 };
@@ -116,7 +112,9 @@ class PeerCopyFabric : public ChainFabric {
   }
 
   absl::StatusOr<std::unique_ptr<ChainEndpoint>> Connect(int position) override {
-    return std::unique_ptr<ChainEndpoint>(new PeerEndpoint(this, position));
+    auto ep = std::make_unique<PeerEndpoint>(this, position);
+    KVR_RETURN_IF_ERROR(ep->Init());
+    return std::unique_ptr<ChainEndpoint>(std::move(ep));
   }
 
   void Abort(const absl::Status& why) override {
@@ -174,23 +172,12 @@ class PeerCopyFabric : public ChainFabric {
 };
 
 PeerEndpoint::PeerEndpoint(PeerCopyFabric* fabric, int position) : fabric_(fabric), position_(position) {
-  const int layers = fabric_->cache(position_).num_layers();
-  stall_.resize(layers);
-  for (auto& [a, b] : stall_) {
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-  }
   for (const KvTransfer& t : fabric_->transfers()) {
     if (t.from == position_) streams_used_.push_back(fabric_->copy_stream(position_, t.to));
   }
 }
 
-PeerEndpoint::~PeerEndpoint() {
-  for (auto& [a, b] : stall_) {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-}
+absl::Status PeerEndpoint::Init() { return stall_.Init(fabric_->cache(position_).num_layers()); }
 
 absl::Status PeerEndpoint::SendLayer(int layer) {
   const std::vector<KvTransfer>& transfers = fabric_->transfers();
@@ -247,27 +234,18 @@ absl::Status PeerEndpoint::WaitPrefix(int layer) {
   }
   KVR_RETURN_IF_ERROR(fabric_->AwaitRecorded(layer, incoming));
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
-  KVR_RETURN_IF_ERROR(CudaOk(cudaEventRecord(stall_[layer].first, compute), "cudaEventRecord"));
+  KVR_RETURN_IF_ERROR(stall_.Begin(layer, compute));
   const KvLayerView view = fabric_->cache(position_).layer(layer);
   for (size_t i : incoming) {
     KVR_RETURN_IF_ERROR(CudaOk(cudaStreamWaitEvent(compute, fabric_->done(layer, i), 0), "cudaStreamWaitEvent"));
     stats_.bytes_received += 2 * static_cast<size_t>(transfers[i].end - transfers[i].begin) * view.bytes_per_token;
   }
-  return CudaOk(cudaEventRecord(stall_[layer].second, compute), "cudaEventRecord");
+  return stall_.End(layer, compute);
 }
 
 absl::Status PeerEndpoint::Finish() {
-  for (cudaStream_t s : streams_used_) {
-    KVR_RETURN_IF_ERROR(CudaOk(cudaStreamSynchronize(s), "waiting for K/V copies"));
-  }
   cudaStream_t compute = static_cast<cudaStream_t>(fabric_->runner(position_).compute_stream());
-  KVR_RETURN_IF_ERROR(CudaOk(cudaStreamSynchronize(compute), "waiting for the compute stream"));
-  double wait = 0;
-  for (auto& [a, b] : stall_) {
-    float ms = 0;
-    if (cudaEventElapsedTime(&ms, a, b) == cudaSuccess) wait += ms * 1e-3;
-  }
-  stats_.wait_seconds = wait;
+  KVR_ASSIGN_OR_RETURN(stats_.wait_seconds, DrainAndTime(streams_used_, "waiting for K/V copies", compute, stall_));
   return absl::OkStatus();
 }
 
