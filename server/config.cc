@@ -78,8 +78,8 @@ absl::Status ServerConfig::Validate() const {
   if (attn_impl != "mma" && attn_impl != "cudnn" && attn_impl != "auto")
     return bad("attn_impl", absl::StrCat("\"", attn_impl, "\" is not one of mma, cudnn, auto"));
   if (cpu_threads < 1) return bad("cpu_threads", "must be >= 1");
-  if (transport != "nccl" && transport != "copy")
-    return bad("transport", absl::StrCat("\"", transport, "\" is not one of nccl, copy"));
+  if (transport != "auto" && transport != "nccl" && transport != "copy")
+    return bad("transport", absl::StrCat("\"", transport, "\" is not one of auto, nccl, copy"));
   if (tsp_below < 0) return bad("tsp_below", "must be >= 0 (0 = every prompt takes the KV-Runahead plan)");
   if (max_queue < 1) return bad("max_queue", "must be >= 1");
   if (max_running < 1) return bad("max_running", "must be >= 1");

@@ -19,7 +19,7 @@ struct ServerConfig {
   int workers = 0;                         // prefill workers; 0 = all GPUs, or 2 on the CPU
   std::string partition = "even";          // planner: even | cost | fixed:n1,n2,...
   std::string topology = "chain";          // chain | fan-out
-  std::string transport = "nccl";          // K/V between GPUs: nccl | copy
+  std::string transport = "auto";          // K/V between GPUs: auto | nccl | copy
   int tsp_below = 0;                       // prompts shorter than this: TSP (all-gather); 0 = never
   std::string attn_impl = "mma";           // CUDA prefill attention: mma | cudnn | auto
   int cpu_threads = 1;                     // matrix-product threads per CPU worker

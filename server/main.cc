@@ -24,9 +24,10 @@ ABSL_FLAG(std::string, partition, "even",
           "prefill split planner: even, cost (cost model), table:PATH (KVR-P split table, e.g. "
           "config/splits/h200.json; the cost model where it has no entry), fixed:n1,n2,...");
 ABSL_FLAG(std::string, topology, "chain", "KV-Runahead transfer topology: chain or fan-out");
-ABSL_FLAG(std::string, transport, "nccl",
-          "K/V between GPUs: nccl (point-to-point kernels) or copy (the GPUs' copy engines, peer "
-          "access needed between every pair; no SM is taken from compute)");
+ABSL_FLAG(std::string, transport, "auto",
+          "K/V between GPUs: copy (the GPUs' copy engines, peer access needed between every pair; "
+          "no SM is taken from compute), nccl (NCCL point-to-point kernels), or auto (copy where "
+          "every pair has peer access and NCCL_P2P_DISABLE is not 1, else nccl)");
 ABSL_FLAG(int, tsp_below, 0,
           "prompts shorter than this many tokens are prefilled with TSP (even split, every GPU "
           "all-gathers each layer's K/V) instead of the KV-Runahead plan; 0 = never. On 4x H200 "

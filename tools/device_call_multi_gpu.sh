@@ -14,7 +14,8 @@
 #    EXTRA_MODES (default 1gpu, tp, tsp, kvr-cost, kvr-s; Falcon never tp: 71 heads).
 # 5. PyTorch peers (torch_prefill.py): 1 GPU at PEER1_CTX (default 16384), TP and KV-Runahead on
 #    N GPUs at CTX, TP with links off at CTX_OFF (PEERS_L2=0 skips these three); with llama3-8b
-#    among EXTRA_SHAPES, its 1 GPU, TP and KV-Runahead at EXTRA_CTX.
+#    among EXTRA_SHAPES, its 1 GPU, TP and KV-Runahead at EXTRA_CTX. PEER_MODES (default
+#    tp,kvra_bal) picks the N-GPU peers.
 # 6. kvrd on N GPUs: 16 streams of 8k-token prompts (tests/server/gpu_daemon_check.sh).
 # 7. kvrd's --tsp_below: TSP_SHAPE (llama3-8b) with cuDNN attention, one stream of 8 requests of
 #    TSP_PROMPT (4096) tokens one after another (TTFT = the prefill), without and with
@@ -91,13 +92,13 @@ say "5. PyTorch peers"
 P=.carry/peers/torch_prefill.py
 if [ "${PEERS_L2:-1}" = 1 ]; then
 timeout ${PEER1_TIMEOUT:-90} torchrun --nproc_per_node=1 $P --ctx ${PEER1_CTX:-16384} --reps 3 2>/dev/null | grep '^{' >> "$S"
-timeout ${PEERN_TIMEOUT:-150} torchrun --nproc_per_node=$NGPU $P --ctx $CTX --modes tp,kvra_bal --reps 3 2>/dev/null | grep '^{' >> "$S"
+timeout ${PEERN_TIMEOUT:-150} torchrun --nproc_per_node=$NGPU $P --ctx $CTX --modes ${PEER_MODES:-tp,kvra_bal} --reps 3 2>/dev/null | grep '^{' >> "$S"
 NCCL_P2P_DISABLE=1 timeout ${PEEROFF_TIMEOUT:-90} torchrun --nproc_per_node=$NGPU $P --ctx $CTX_OFF --modes tp --reps 3 2>/dev/null | grep '^{' | sed 's/^{/{"p2p":"off",/' >> "$S"
 fi
 if [[ " ${EXTRA_SHAPES-llama3-8b} " == *" llama3-8b "* ]]; then
   L3="--kv-heads 8 --ffn 14336 --vocab 128256"
   timeout ${PEER1_TIMEOUT:-90} torchrun --nproc_per_node=1 $P --ctx ${EXTRA_CTX:-16384} --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
-  timeout ${PEERN_TIMEOUT:-120} torchrun --nproc_per_node=$NGPU $P --ctx ${EXTRA_CTX:-16384} --modes tp,kvra_bal --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
+  timeout ${PEERN_TIMEOUT:-120} torchrun --nproc_per_node=$NGPU $P --ctx ${EXTRA_CTX:-16384} --modes ${PEER_MODES:-tp,kvra_bal} --reps 3 $L3 2>/dev/null | grep '^{' | sed 's/^{/{"shape":"llama3-8b",/' >> "$S"
 fi
 
 fi

@@ -27,8 +27,11 @@ struct CudaBackendApi {
   absl::StatusOr<std::unique_ptr<ModelRunner>> (*make_runner)(const ModelFolder& folder,
                                                               const ModelWeights& weights, int device,
                                                               const std::string& attn_impl);
-  // transport: "nccl" (NCCL point-to-point) or "copy" (copy engines, engine/cuda/peer).
-  absl::StatusOr<std::unique_ptr<ChainFabric>> (*make_fabric)(int devices, const std::string& transport);
+  // transport: "nccl" (NCCL point-to-point), "copy" (copy engines, engine/cuda/peer) or "auto"
+  // (copy where every pair of devices has peer access and NCCL_P2P_DISABLE is not 1, else nccl).
+  // *chosen (if not null) receives "nccl" or "copy".
+  absl::StatusOr<std::unique_ptr<ChainFabric>> (*make_fabric)(int devices, const std::string& transport,
+                                                              std::string* chosen);
   void (*select_device)(int device);  // on a worker thread, before its first CUDA call
 };
 

@@ -68,7 +68,8 @@ std::unique_ptr<DeviceCosts> CalibrateOnWorker0(Engine& engine, const ModelConfi
 absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
                                                      const ModelConfig& config, int element_bytes,
                                                      const std::string& setup, int workers,
-                                                     const DeviceCosts* calibrated) {
+                                                     const DeviceCosts* calibrated,
+                                                     const std::string& fallback_setup) {
   // Rates of the cost model (partition cost and the fallback of table): measured, else typical
   // ones for the backend (element_bytes 4: the fp32 CPU backend; cost-cpu asks for CPU rates).
   const DeviceCosts costs = calibrated != nullptr
@@ -82,9 +83,16 @@ absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partitio
     const std::string path = partition.substr(6);
     KVR_ASSIGN_OR_RETURN(SplitTable table, SplitTable::Load(path));
     auto fallback = std::make_shared<CostModelPlanner>(LayerShape::Of(config, element_bytes), costs, topology);
-    auto planner = std::make_unique<TablePlanner>(std::move(table), setup, topology, fallback);
+    std::string used = setup;
+    if (!fallback_setup.empty() && !TablePlanner(table, setup, topology, fallback).Covers(workers) &&
+        TablePlanner(table, fallback_setup, topology, fallback).Covers(workers)) {
+      KVR_LOG(INFO) << "partition: " << path << " has no searched split for " << setup << "; using "
+                    << fallback_setup << "'s";
+      used = fallback_setup;
+    }
+    auto planner = std::make_unique<TablePlanner>(std::move(table), used, topology, fallback);
     if (planner->Covers(workers)) {
-      KVR_LOG(INFO) << "partition: searched splits for " << setup << " from " << path
+      KVR_LOG(INFO) << "partition: searched splits for " << used << " from " << path
                     << " (interpolated between searched lengths)";
     } else {
       KVR_LOG(WARNING) << "partition: " << path << " has no searched split for " << setup
@@ -169,6 +177,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
 
   std::function<void(int)> on_thread_start;
   std::unique_ptr<ChainFabric> fabric;
+  std::string chosen_transport = "inproc";  // CUDA: what make_fabric picked (nccl or copy)
   int element_bytes = 4;
   for (int w = 0; w < workers; ++w) {
     const auto tw = SteadyClock::now();
@@ -188,28 +197,35 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   if (engine->backend_ == "cpu") {
     fabric = MakeInProcessFabric();
   } else {
-    if (options.transport != "nccl" && options.transport != "copy")
+    if (options.transport != "nccl" && options.transport != "copy" && options.transport != "auto")
       return absl::InvalidArgumentError(
-          absl::StrCat("transport \"", options.transport, "\" is not one of nccl, copy"));
-    KVR_ASSIGN_OR_RETURN(fabric, engine->cuda_->api().make_fabric(workers, options.transport));
-    KVR_LOG(INFO) << "K/V between GPUs: " << (options.transport == "copy" ? "copy engines (peer copies)" : "NCCL point-to-point");
+          absl::StrCat("transport \"", options.transport, "\" is not one of auto, nccl, copy"));
+    KVR_ASSIGN_OR_RETURN(fabric, engine->cuda_->api().make_fabric(workers, options.transport, &chosen_transport));
+    if (workers > 1)
+      KVR_LOG(INFO) << "K/V between GPUs (transport " << options.transport << "): "
+                    << (chosen_transport == "copy" ? "copy engines (peer copies)" : "NCCL point-to-point");
     on_thread_start = [select = engine->cuda_->api().select_device](int device) { select(device); };
   }
   std::vector<ModelRunner*> ptrs;
   for (auto& r : engine->runners_) ptrs.push_back(r.get());
   engine->coordinator_ = std::make_unique<PrefillCoordinator>(ptrs, std::move(fabric), on_thread_start);
   KVR_ASSIGN_OR_RETURN(const Topology topology, ParseTopology(options.topology));
-  const std::string setup =
-      SetupKey(ShapeName(config), workers, CardName(engine->runners_[0]->device_name()),
-               engine->backend_ == "cpu" ? "inproc" : GpuLinkName(),
-               engine->backend_ == "cpu" ? "mma" : options.attn_impl);
+  // Split tables file the copy transport's searched splits under link "<link>-copy" (kvr-bench
+  // --transport copy); where a table has none for it, the same link's NCCL splits.
+  const std::string link = engine->backend_ == "cpu" ? "inproc" : GpuLinkName();
+  auto setup_for = [&](const std::string& l) {
+    return SetupKey(ShapeName(config), workers, CardName(engine->runners_[0]->device_name()), l,
+                    engine->backend_ == "cpu" ? "mma" : options.attn_impl);
+  };
+  const std::string setup = setup_for(chosen_transport == "copy" ? link + "-copy" : link);
+  const std::string fallback_setup = chosen_transport == "copy" ? setup_for(link) : "";
   std::unique_ptr<DeviceCosts> calibrated;
   if (engine->backend_ == "cuda" && options.calibrate &&
       (options.partition == "cost" || absl::StartsWith(options.partition, "table:"))) {
     calibrated = CalibrateOnWorker0(*engine, config, element_bytes);
   }
   KVR_ASSIGN_OR_RETURN(engine->planner_, MakePlanner(options.partition, topology, config, element_bytes, setup,
-                                                     workers, calibrated.get()));
+                                                     workers, calibrated.get(), fallback_setup));
   if (options.tsp_below > 0 && workers > 1) {
     KVR_LOG(INFO) << "prompts shorter than " << options.tsp_below
                   << " tokens take TSP (even split, all-gather of every layer's K/V)";

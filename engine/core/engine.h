@@ -29,7 +29,7 @@ struct EngineOptions {
   int workers = 0;                  // prefill workers: 0 = every GPU, or 2 on the CPU
   std::string partition = "even";   // even | cost | table:PATH | fixed:n1,n2,...
   std::string topology = "chain";   // chain | fan-out
-  std::string transport = "nccl";   // CUDA K/V transport: nccl | copy (engine/cuda/peer/peer_fabric.h)
+  std::string transport = "auto";   // CUDA K/V transport: auto | nccl | copy (engine/core/cuda_backend.h)
   int tsp_below = 0;                // prompts shorter than this: TSP (CrossoverPlanner); 0 = never
   std::string attn_impl = "mma";    // CUDA prefill attention: mma | cudnn | auto (cuda_runner.h)
   // CUDA backend with partition cost or table: measure the cost model's compute rates on GPU 0
@@ -76,10 +76,12 @@ class Engine {
 };
 
 // Parses EngineOptions::partition into a planner for `config`. `setup` (setup_key.h: shape,
-// workers x card, link) and `workers` select the curve of a table:PATH split table.
+// workers x card, link) and `workers` select the curve of a table:PATH split table;
+// `fallback_setup` (if not empty) is used where the table has no curve for `setup` but one for it.
 absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partition, Topology topology,
                                                      const ModelConfig& config, int element_bytes,
                                                      const std::string& setup = "", int workers = 1,
-                                                     const DeviceCosts* calibrated = nullptr);
+                                                     const DeviceCosts* calibrated = nullptr,
+                                                     const std::string& fallback_setup = "");
 
 }  // namespace kvr

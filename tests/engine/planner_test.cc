@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+#include <fstream>
+
+#include "engine/core/engine.h"
 #include "engine/prefill/cost_model.h"
 #include "engine/prefill/planner.h"
 #include "engine/prefill/setup_key.h"
@@ -267,6 +270,35 @@ TEST(SplitTable, FallsBackWhereTheTableHasNoCurve) {
   EXPECT_EQ(three->bounds, (std::vector<int>{0, 100, 200, 300}));
   EXPECT_EQ(TablePlanner(*table, "s/2xH200/nvlink").Plan(300, 3, 2).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(table->Lookup("s/2xH200/nvlink", 1, 2).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// kvrd's table planner with the copy transport: the "<link>-copy" curve where the table has one,
+// else the same link's (NCCL) curve, else the cost model.
+TEST(SplitTable, CopyTransportFallsBackToTheLinksNcclSplits) {
+  const std::string path = ::testing::TempDir() + "/copy_fallback.json";
+  std::ofstream(path) << R"({"entries": [
+      {"setup": "s/2xH200/nvlink", "context": 1000, "sizes": [600, 400]},
+      {"setup": "t/2xH200/nvlink-copy", "context": 1000, "sizes": [550, 450]},
+      {"setup": "t/2xH200/nvlink", "context": 1000, "sizes": [700, 300]}]})";
+  ModelConfig config;
+  config.num_layers = 2;
+  config.hidden_size = 64;
+  config.num_q_heads = config.num_kv_heads = 4;
+  config.head_dim = 16;
+  config.intermediate_size = 128;
+  config.vocab_size = 100;
+  auto plan = [&](const std::string& setup, const std::string& fallback) -> std::vector<int> {
+    auto planner = MakePlanner("table:" + path, Topology::kChain, config, 2, setup, 2, nullptr, fallback);
+    if (!planner.ok()) return {};
+    auto p = (*planner)->Plan(1000, 2, 1);
+    return p.ok() ? p->bounds : std::vector<int>{};
+  };
+  EXPECT_EQ(plan("t/2xH200/nvlink-copy", "t/2xH200/nvlink"), (std::vector<int>{0, 550, 1000}));
+  EXPECT_EQ(plan("s/2xH200/nvlink-copy", "s/2xH200/nvlink"), (std::vector<int>{0, 600, 1000}));
+  const auto cost = plan("u/2xH200/nvlink-copy", "u/2xH200/nvlink");  // neither: the cost model
+  ASSERT_EQ(cost.size(), 3u);
+  EXPECT_NE(cost[1], 600);
+  EXPECT_NE(cost[1], 550);
 }
 
 // The table shipped in config/ parses, and every curve in it adds up.

@@ -1,4 +1,7 @@
 // libkvr_cuda_backend.so: the CUDA backend's entry points for engine/core/cuda_backend.h.
+#include <cstdlib>
+#include <string>
+
 #include "engine/core/cuda_backend.h"
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
@@ -15,8 +18,19 @@ const kvr::CudaBackendApi kApi = {
       return kvr::MakeCudaRunner(folder, weights, device, options);
     },
     /*make_fabric=*/
-    [](int devices, const std::string& transport) {
-      return transport == "copy" ? kvr::MakePeerCopyFabric(devices) : kvr::MakeNcclFabric(devices);
+    [](int devices, const std::string& transport, std::string* chosen) {
+      std::string pick = transport;
+      if (transport == "auto") {
+        // Copy engines where they can reach every peer (measured faster: docs/benchmarks.md,
+        // "Four GPUs, session 5"); NCCL when P2P is switched off for NCCL or a pair lacks access.
+        const char* p2p_off = std::getenv("NCCL_P2P_DISABLE");
+        std::string why;
+        const bool copy = !(p2p_off != nullptr && std::string(p2p_off) == "1") &&
+                          kvr::PeerCopyPossible(devices, &why);
+        pick = copy ? "copy" : "nccl";
+      }
+      if (chosen != nullptr) *chosen = pick;
+      return pick == "copy" ? kvr::MakePeerCopyFabric(devices) : kvr::MakeNcclFabric(devices);
     },
     /*select_device=*/[](int device) { kvr::SelectCudaDevice(device); },
 };

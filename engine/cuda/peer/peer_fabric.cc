@@ -251,6 +251,19 @@ absl::Status PeerEndpoint::Finish() {
 
 }  // namespace
 
+bool PeerCopyPossible(int num_devices, std::string* why) {
+  for (int i = 0; i < num_devices; ++i)
+    for (int j = 0; j < num_devices; ++j) {
+      int can = 0;
+      if (i != j && (cudaDeviceCanAccessPeer(&can, i, j) != cudaSuccess || !can)) {
+        cudaGetLastError();
+        *why = absl::StrCat("GPU ", i, " cannot access GPU ", j, " directly");
+        return false;
+      }
+    }
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<ChainFabric>> MakePeerCopyFabric(int num_devices) {
   auto fabric = std::make_unique<PeerCopyFabric>();
   KVR_RETURN_IF_ERROR(fabric->Init(num_devices));

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/prefill/transport.h"
@@ -33,5 +34,9 @@ namespace kvr {
 // Enables peer access between every pair of devices 0..num_devices-1 and creates the copy
 // streams. FailedPrecondition, naming the pair, where two devices cannot access each other.
 absl::StatusOr<std::unique_ptr<ChainFabric>> MakePeerCopyFabric(int num_devices);
+
+// Whether the peer-copy transport can run on devices 0..num_devices-1 (peer access between every
+// pair); false with the first pair that cannot in *why.
+bool PeerCopyPossible(int num_devices, std::string* why);
 
 }  // namespace kvr
