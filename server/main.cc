@@ -31,7 +31,8 @@ ABSL_FLAG(std::string, transport, "auto",
 ABSL_FLAG(int, tsp_below, 0,
           "prompts shorter than this many tokens are prefilled with TSP (even split, every GPU "
           "all-gathers each layer's K/V) instead of the KV-Runahead plan; 0 = never. On 4x H200 "
-          "TSP won up to 4k tokens (Llama-2-7B) and up to 8k (GQA/MQA shapes)");
+          "TSP won up to 4k tokens (Llama-2-7B) and 8k (GQA/MQA) with --transport nccl, and "
+          "never with copy (docs/benchmarks.md)");
 ABSL_FLAG(std::string, attn_impl, "mma",
           "CUDA prefill attention: mma (kvr's kernel), cudnn (cuDNN fused attention; our kernel where "
           "cuDNN cannot), auto");
