@@ -70,19 +70,15 @@ __device__ __forceinline__ void RowDot(const T* __restrict__ x, const T* __restr
   for (int r = 0; r < N; ++r) acc[r] = WarpSum(acc[r]);
 }
 
-// kSiluGate: W is [gate; up] (2 * out rows) and a block (kRows == 2) computes gate row
-// blockIdx.x and up row out + blockIdx.x, then writes silu(g) * u (each rounded to T first, as
-// Gemv + SiluGate would) to y (n, out) T.
-template <typename T, int N, int kWarps, int kSplit, int kUnroll, bool kPipe, bool kSiluGate = false>
+template <typename T, int N, int kWarps, int kSplit, int kUnroll, bool kPipe>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ x,
                                                           const T* __restrict__ w, int in, int out,
                                                           void* y, bool y_f32, float beta) {
   constexpr int kRows = kWarps / kSplit;
-  static_assert(!kSiluGate || (kRows == 2 && kSplit > 1), "silu-gate pairs two rows a block");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row = kSiluGate ? blockIdx.x + (warp / kSplit) * out : blockIdx.x * kRows + warp / kSplit;
+  const int row = blockIdx.x * kRows + warp / kSplit;
   const int part = warp % kSplit;
-  const bool active = kSiluGate ? blockIdx.x < out : row < out;
+  const bool active = row < out;
   const int chunks = (in + 255) / 256;
   const int c0 = part * chunks / kSplit, c1 = (part + 1) * chunks / kSplit;
   const T* wr = w + static_cast<size_t>(active ? row : 0) * in + lane * 8;
@@ -95,21 +91,6 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ 
       for (int r = 0; r < N; ++r) partial[warp][r] = acc[r];
     }
     __syncthreads();
-    if constexpr (kSiluGate) {
-      // Thread r < N: the gate and up sums in Gemv's order (partial[warp] + [warp+1] + ...).
-      const int r = threadIdx.x;
-      if (r >= N || !active) return;
-      float g = partial[0][r], u = partial[kSplit][r];
-#pragma unroll
-      for (int q = 1; q < kSplit; ++q) {
-        g += partial[q][r];
-        u += partial[kSplit + q][r];
-      }
-      const float gv = ToF(FromF<T>(g));
-      static_cast<T*>(y)[static_cast<size_t>(r) * out + blockIdx.x] =
-          FromF<T>(gv / (1.f + __expf(-gv)) * ToF(FromF<T>(u)));
-      return;
-    }
     if (part != 0) return;
 #pragma unroll
     for (int r = 0; r < N; ++r) {
@@ -149,13 +130,6 @@ cudaError_t Launch(const Args& a) {
                    dim3((a.out + kRows - 1) / kRows), dim3(kWarps * 32), 0, a.stream,
                    static_cast<const T*>(a.x), static_cast<const T*>(a.w), a.in, a.out, a.y,
                    a.y_f32, a.beta);
-}
-
-template <typename T, int N>
-cudaError_t LaunchSiluGate(const Args& a) {  // variant 4's shape, one (gate, up) pair a block
-  return LaunchPdl(GemvKernel<T, N, 8, 4, 4, true, true>, dim3(a.out), dim3(8 * 32), 0, a.stream,
-                   static_cast<const T*>(a.x), static_cast<const T*>(a.w), a.in, a.out, a.y,
-                   false, 0.f);
 }
 
 // Variants: (warps, warps per row, loads per batch, two batches in flight).
@@ -198,22 +172,6 @@ cudaError_t GemvVariant(int variant, DType dt, const void* x, const void* w, int
       case 2: return LaunchVariant<T, 2>(v, a);
       case 3: return LaunchVariant<T, 3>(v, a);
       default: return LaunchVariant<T, 4>(v, a);
-    }
-  });
-}
-
-cudaError_t GemvSiluGate(DType dt, const void* x, const void* w, int n, int in, int F, void* y,
-                         cudaStream_t stream) {
-  if (n < 1 || n > kGemvMaxRows || in % 8 != 0 || F < 1 || (reinterpret_cast<uintptr_t>(x) & 15) ||
-      (reinterpret_cast<uintptr_t>(w) & 15))
-    return cudaErrorInvalidValue;
-  const Args a{x, w, in, F, y, false, 0.f, stream};
-  return KVR_DISPATCH_DTYPE(dt, T, [&] {
-    switch (n) {
-      case 1: return LaunchSiluGate<T, 1>(a);
-      case 2: return LaunchSiluGate<T, 2>(a);
-      case 3: return LaunchSiluGate<T, 3>(a);
-      default: return LaunchSiluGate<T, 4>(a);
     }
   });
 }

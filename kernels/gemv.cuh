@@ -19,13 +19,6 @@ constexpr int kGemvVariants = 8;
 cudaError_t Gemv(DType dt, const void* x, const void* w, int n, int in, int out, void* y,
                  bool y_f32, float beta, cudaStream_t stream);
 
-// The MLP's first product and SiLU gate in one kernel, for decode: y (n, F) T =
-// silu(x W[j]^T) * (x W[F + j]^T), with W (2F, in) T = [gate; up] and each product rounded to T
-// first: bit-identical to Gemv into (n, 2F) followed by SiluGate, without the (n, 2F) round trip
-// or the extra kernel. Same argument checks as Gemv.
-cudaError_t GemvSiluGate(DType dt, const void* x, const void* w, int n, int in, int F, void* y,
-                         cudaStream_t stream);
-
 // The same with kernel variant `variant` (0 .. kGemvVariants - 1; -1 = Gemv's own choice), for
 // benchmarks that compare the variants.
 cudaError_t GemvVariant(int variant, DType dt, const void* x, const void* w, int n, int in,

@@ -112,8 +112,9 @@ kvr::ModelConfig Shape(const std::string& name) {
     c.norm = kvr::NormKind::kLayerNorm;
     c.mlp = kvr::MlpKind::kGelu;
     c.parallel_attn_mlp = true;
-  } else if (name != "llama2-7b") {
-    std::fprintf(stderr, "unknown shape %s\n", name.c_str());
+  } else if (name != "llama2-7b" && name != "llama-7b") {  // llama-7b: kvr-bench's name for it
+    std::fprintf(stderr, "unknown shape %s (llama2-7b or llama-7b, llama3-8b, mistral-7b, falcon-7b)\n",
+                 name.c_str());
     std::exit(2);
   }
   return c;

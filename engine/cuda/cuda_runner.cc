@@ -28,7 +28,6 @@
 #include "kernels/cudnn_attention.h"
 #include "kernels/embedding.cuh"
 #include "kernels/gemm.h"
-#include "kernels/gemv.cuh"
 #include "kernels/norm.cuh"
 #include "kernels/rotary.cuh"
 
@@ -162,8 +161,7 @@ class CudaRunner : public ModelRunner {
   CudaRunner(const ModelConfig& cfg, int device, const CudaRunnerOptions& opt)
       : cfg_(cfg), device_(device), opt_(opt),
         dt_(opt.dtype == DType::kF16 ? K::DType::kF16 : K::DType::kBF16),
-        fuse_decode_(FuseDecodeFromEnv()),
-        fuse_silu_(EnvOn("KVR_GEMV_SILU")) {}
+        fuse_decode_(FuseDecodeFromEnv()) {}
 
   ~CudaRunner() override {
     cudaSetDevice(device_);
@@ -777,17 +775,13 @@ class CudaRunner : public ModelRunner {
     }
     if (w.bo) KVR_CU(K::AddBiasF32(dt_, x, w.bo, n, C, stream_));
     if (!cfg_.parallel_attn_mlp) KVR_RETURN_IF_ERROR(Norm(x, w.mlp_norm_w, w.mlp_norm_b, n, h));
-    if (Silu() && fuse_silu_ && n <= K::kGemvMaxRows && w.b_up == nullptr) {
-      KVR_CU(K::GemvSiluGate(dt_, h, w.w_up, n, C, F, act, stream_));  // act = silu(gate) * up
+    KVR_BLAS(gemm_->Linear(dt_, h, w.w_up, n, C, U(), up, K::GemmOut::kSame, 0.f, stream_));
+    if (w.b_up) KVR_CU(K::AddBias(dt_, up, w.b_up, n, U(), stream_));
+    if (Silu()) {
+      KVR_CU(K::SiluGate(dt_, up, n, F, act, stream_));
     } else {
-      KVR_BLAS(gemm_->Linear(dt_, h, w.w_up, n, C, U(), up, K::GemmOut::kSame, 0.f, stream_));
-      if (w.b_up) KVR_CU(K::AddBias(dt_, up, w.b_up, n, U(), stream_));
-      if (Silu()) {
-        KVR_CU(K::SiluGate(dt_, up, n, F, act, stream_));
-      } else {
-        KVR_CU(K::GeluInPlace(dt_, up, n, F, stream_));
-        act = up;
-      }
+      KVR_CU(K::GeluInPlace(dt_, up, n, F, stream_));
+      act = up;
     }
     if (Tp()) {
       KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, part, K::GemmOut::kSame, 0.f, stream_));
@@ -889,10 +883,8 @@ class CudaRunner : public ModelRunner {
 
   // Rotary embedding and cache append inside decode attention (DecodeAttnParams::qkv): one
   // kernel less per layer. On unless KVR_DECODE_FUSE=0 (a knob for measuring what it buys).
-  static bool FuseDecodeFromEnv() { return EnvOn("KVR_DECODE_FUSE"); }
-  // Whether environment knob `name` is on: unless it is set to 0.
-  static bool EnvOn(const char* name) {
-    const char* e = std::getenv(name);
+  static bool FuseDecodeFromEnv() {
+    const char* e = std::getenv("KVR_DECODE_FUSE");
     return !(e != nullptr && e[0] == '0');
   }
 
@@ -970,9 +962,6 @@ class CudaRunner : public ModelRunner {
   int dec_cap_ = 0, dec_b_ = 0;
   DecodeBuffers dec_;
   bool fuse_decode_;  // FuseDecodeFromEnv
-  // Decode's gate-up product and SiLU gate as one GEMV kernel (K::GemvSiluGate), for rows of at
-  // most kGemvMaxRows without an up bias. On unless KVR_GEMV_SILU=0 (for measuring it).
-  bool fuse_silu_;
   std::map<int, cudaGraphExec_t> graphs_;
   std::map<int, bool> warmed_;
 };

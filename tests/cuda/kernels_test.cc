@@ -18,7 +18,6 @@
 #include "kernels/cudnn_attention.h"
 #include "kernels/embedding.cuh"
 #include "kernels/gemm.h"
-#include "kernels/gemv.cuh"
 #include "kernels/norm.cuh"
 #include "kernels/rotary.cuh"
 #include "tests/cuda/gpu_test_util.h"
@@ -237,44 +236,6 @@ TEST(Kernels, GemmLinear) {
       EXPECT_LT(RelErr(ToFloat(dt, dyh.Download()), ref), Tol(dt))
           << cs.n << "x" << cs.in << "x" << cs.out << " gemv " << use_gemv;
       EXPECT_LT(RelErr(dyf.Download(), ref_acc), 1e-4) << "fp32 accumulate " << cs.n;
-    }
-  }
-}
-
-// The fused decode MLP entry (GemvSiluGate) against Gemv + SiluGate (bit for bit) and a CPU
-// loop: odd F and input widths, 1-4 rows.
-TEST(Kernels, GemvSiluGate) {
-  std::mt19937 rng(9);
-  for (DType dt : kTypes) {
-    struct Case { int n, in, F; };
-    for (Case cs : {Case{1, 4096, 11008}, Case{3, 520, 333}, Case{4, 4544, 71}, Case{2, 2056, 1}}) {
-      auto x = RandomHalf(dt, static_cast<size_t>(cs.n) * cs.in, 1.f, rng);
-      auto w = RandomHalf(dt, static_cast<size_t>(2 * cs.F) * cs.in, 0.05f, rng);
-      const size_t nf = static_cast<size_t>(cs.n) * cs.F;
-      DeviceBuffer<uint16_t> dx(x.h.size()), dw(w.h.size()), dup(2 * nf), dref(nf), dfused(nf);
-      CUDA_OK(dx.Upload(x.h));
-      CUDA_OK(dw.Upload(w.h));
-      CUDA_OK(dref.Poison());
-      CUDA_OK(dfused.Poison());
-      CUDA_OK(Gemv(dt, dx.get(), dw.get(), cs.n, cs.in, 2 * cs.F, dup.get(), false, 0.f, nullptr));
-      CUDA_OK(SiluGate(dt, dup.get(), cs.n, cs.F, dref.get(), nullptr));
-      CUDA_OK(GemvSiluGate(dt, dx.get(), dw.get(), cs.n, cs.in, cs.F, dfused.get(), nullptr));
-      CUDA_OK(cudaDeviceSynchronize());
-      const auto fused = dfused.Download();
-      EXPECT_EQ(fused, dref.Download()) << "not bit-identical to Gemv + SiluGate: n=" << cs.n
-                                        << " in=" << cs.in << " F=" << cs.F;
-      std::vector<double> ref(nf);
-      for (int r = 0; r < cs.n; ++r)
-        for (int j = 0; j < cs.F; ++j) {
-          double g = 0, u = 0;
-          for (int i = 0; i < cs.in; ++i) {
-            const double xi = x.f[static_cast<size_t>(r) * cs.in + i];
-            g += xi * w.f[static_cast<size_t>(j) * cs.in + i];
-            u += xi * w.f[static_cast<size_t>(cs.F + j) * cs.in + i];
-          }
-          ref[static_cast<size_t>(r) * cs.F + j] = g / (1 + std::exp(-g)) * u;
-        }
-      EXPECT_LT(RelErr(ToFloat(dt, fused), ref), 2 * Tol(dt)) << "n=" << cs.n << " F=" << cs.F;
     }
   }
 }
