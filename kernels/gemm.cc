@@ -2,7 +2,6 @@
 #include "kernels/gemm.h"
 
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels/gemv.cuh"
 
@@ -32,65 +31,7 @@ cublasStatus_t Gemm::Init(size_t workspace_bytes) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
-namespace {
-
-// KVR_GEMM_TUNE=1 in the environment: MakePlan times cuBLASLt's first kTuneCandidates
-// heuristic candidates on the call's own operands and keeps the fastest (read once).
-constexpr int kTuneCandidates = 8;
-bool TuneFromEnv() {
-  static const bool on = [] {
-    const char* e = std::getenv("KVR_GEMM_TUNE");
-    return e != nullptr && e[0] == '1';
-  }();
-  return on;
-}
-
-}  // namespace
-
-int Gemm::Tune(const Operands& op, const cublasLtMatmulHeuristicResult_t* cand, int found, Plan* plan) {
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  if (found < 2 || cudaStreamIsCapturing(op.stream, &capturing) != cudaSuccess ||
-      capturing != cudaStreamCaptureStatusNone)
-    return 0;
-  // A scratch output, so that beta != 0 (accumulating into the residual stream) leaves y alone.
-  void* scratch = nullptr;
-  if (cudaMallocAsync(&scratch, op.y_bytes, op.stream) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  cudaEvent_t t0 = nullptr, t1 = nullptr;
-  cudaEventCreate(&t0);
-  cudaEventCreate(&t1);
-  const float alpha = 1.f;
-  int best = 0;
-  float best_ms = 0.f;
-  for (int i = 0; i < found; ++i) {
-    auto run = [&] {
-      return cublasLtMatmul(handle_, plan->desc, &alpha, op.w, plan->a, op.x, plan->b, &op.beta, scratch,
-                            plan->c, scratch, plan->c, &cand[i].algo, workspace_, workspace_bytes_,
-                            op.stream);
-    };
-    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up; a candidate that fails is skipped
-    cudaEventRecord(t0, op.stream);
-    for (int r = 0; r < 3; ++r) run();
-    cudaEventRecord(t1, op.stream);
-    float ms = 0.f;
-    if (cudaEventSynchronize(t1) != cudaSuccess || cudaEventElapsedTime(&ms, t0, t1) != cudaSuccess) {
-      cudaGetLastError();
-      continue;
-    }
-    if (i == 0 || ms < best_ms) {
-      best = i;
-      best_ms = ms;
-    }
-  }
-  cudaFreeAsync(scratch, op.stream);
-  cudaEventDestroy(t0);
-  cudaEventDestroy(t1);
-  return best;
-}
-
-cublasStatus_t Gemm::MakePlan(const Key& key, const Operands& op, Plan* plan) {
+cublasStatus_t Gemm::MakePlan(const Key& key, Plan* plan) {
   const auto [dt_i, yt_i, beta_nz, n, in, out] = key;
   const cudaDataType_t t = static_cast<DType>(dt_i) == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
   const cudaDataType_t ty = static_cast<GemmOut>(yt_i) == GemmOut::kF32 ? CUDA_R_32F : t;
@@ -110,16 +51,15 @@ cublasStatus_t Gemm::MakePlan(const Key& key, const Operands& op, Plan* plan) {
   const uint64_t ws = workspace_bytes_;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                        sizeof(ws));
-  cublasLtMatmulHeuristicResult_t res[kTuneCandidates];
+  cublasLtMatmulHeuristicResult_t res[1];
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle_, plan->desc, plan->a, plan->b, plan->c, plan->c, pref, TuneFromEnv() ? kTuneCandidates : 1,
-      res, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b,
+                                                           plan->c, plan->c, pref, 1, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   (void)beta_nz;
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   if (found == 0) return CUBLAS_STATUS_NOT_SUPPORTED;
-  plan->algo = res[TuneFromEnv() ? Tune(op, res, found, plan) : 0].algo;
+  plan->algo = res[0].algo;
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -137,8 +77,7 @@ cublasStatus_t Gemm::Linear(DType dt, const void* x, const void* w, int n, int i
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     Plan plan;
-    const size_t y_bytes = static_cast<size_t>(n) * out * (yt == GemmOut::kF32 ? 4 : 2);
-    const cublasStatus_t st = MakePlan(key, Operands{x, w, y_bytes, beta, stream}, &plan);
+    const cublasStatus_t st = MakePlan(key, &plan);
     if (st != CUBLAS_STATUS_SUCCESS) {
       if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
       if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);

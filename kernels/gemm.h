@@ -5,9 +5,7 @@
 // when the product accumulates into the fp32 residual stream (beta = 1 fuses the residual add).
 // fp32 accumulation always. One handle and one workspace per Gemm object; the descriptors and
 // the algorithm of each shape are chosen once (cuBLASLt heuristic, best-ranked candidate that
-// fits the workspace; with KVR_GEMM_TUNE=1, the fastest of its first 8 candidates timed on the
-// first call's operands, for measuring what tuning buys) and cached, so the per-call cost is one
-// cublasLtMatmul, graph-capturable.
+// fits the workspace) and cached, so the per-call cost is one cublasLtMatmul, graph-capturable.
 // Products of at most 4 rows (decode) go to the GEMV kernel of gemv.cuh instead.
 // Not thread-safe: one Gemm per device worker. Host-only header; no engine headers.
 #pragma once
@@ -49,17 +47,7 @@ class Gemm {
     cublasLtMatmulAlgo_t algo{};
   };
   using Key = std::tuple<int, int, int, int, int, int>;  // dt, yt, beta!=0, n, in, out
-  struct Operands {  // the first call's, which KVR_GEMM_TUNE=1 times candidates on
-    const void* x;
-    const void* w;
-    size_t y_bytes;
-    float beta;
-    cudaStream_t stream;
-  };
-  cublasStatus_t MakePlan(const Key& key, const Operands& op, Plan* plan);
-  // Index of the fastest of cand[0, found) on op's operands (into a scratch output); 0 when it
-  // cannot time them (fewer than 2, or the stream is being captured into a graph).
-  int Tune(const Operands& op, const cublasLtMatmulHeuristicResult_t* cand, int found, Plan* plan);
+  cublasStatus_t MakePlan(const Key& key, Plan* plan);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
