@@ -26,8 +26,8 @@ set -- "$@" --model="$model" \
   --listen="${KVR_LISTEN:-0.0.0.0:50051}" --metrics_listen="${KVR_METRICS_LISTEN:-0.0.0.0:9464}"
 config=${KVR_CONFIG-/etc/kvr/kvrd.json}
 if [ -n "$config" ]; then set -- "$@" --config="$config"; fi
-for name in backend workers partition topology attn_impl cpu_threads max_queue max_running max_model_len \
-            decode_steps_per_prefill shutdown_timeout_s prefill_timeout_s; do
+for name in backend workers partition topology attn_impl transport tsp_below cpu_threads max_queue max_running \
+            max_model_len decode_steps_per_prefill shutdown_timeout_s prefill_timeout_s; do
   var=KVR_$(echo "$name" | tr '[:lower:]' '[:upper:]')
   eval "value=\${$var:-}"
   if [ -n "$value" ]; then set -- "$@" "--$name=$value"; fi

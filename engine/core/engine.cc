@@ -96,6 +96,7 @@ absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partitio
                     << " (interpolated between searched lengths)";
     } else {
       KVR_LOG(WARNING) << "partition: " << path << " has no searched split for " << setup
+                       << (fallback_setup.empty() ? "" : " (nor for " + fallback_setup + ")")
                        << "; the cost model plans every prompt instead (kvr-bench --modes kvr-s --table " << path
                        << " adds one)";
     }
