@@ -12,7 +12,8 @@
 //   kvr-cost   KV-Runahead, split from the calibrated cost model (chain; kvr-cost-fan: fan-out)
 //   kvr-s      KV-Runahead, split searched on the device (coarse to fine, from the kvr-cost split,
 //              --search_reps timings per candidate), then the --confirm cheapest candidates
-//              timed again with --reps and the cheapest of those kept (ConfirmBest)
+//              timed again with --reps, with the even and cost-model splits, and the cheapest
+//              of those kept (ConfirmBest)
 //   kvr-p      KV-Runahead, split interpolated from the searched splits of the OTHER lengths
 //              (leave-one-out, so it is a prediction, not a replay): this run's kvr-s splits,
 //              and those of the same setup in --kvrp_table (e.g. config/splits/h200.json), so
@@ -476,8 +477,12 @@ absl::Status Run() {
             SearchSplit(C, p, measured, std::max(16, C / absl::GetFlag(FLAGS_search_resolution)), SizesOf(*cost_plan), &evals);
         const std::vector<int> searched_best = best;
         if (absl::GetFlag(FLAGS_confirm) > 0 && !failed) {
+          // The even and cost-model splits are re-timed as well: the search's pick must beat them
+          // under the same median-of-reps timing, not only under its one-run timings.
+          std::vector<int> even = SizesOf(*EvenPlanner(Topology::kChain).Plan(C, p, last));
           best = ConfirmBest(seen, absl::GetFlag(FLAGS_confirm),
-                             [&](const std::vector<int>& s) { return timed(s, reps); });
+                             [&](const std::vector<int>& s) { return timed(s, reps); }, nullptr,
+                             {even, SizesOf(*cost_plan)});
           if (best != searched_best)
             KVR_LOG(INFO) << "kvr-s C=" << C << ": re-timing the " << absl::GetFlag(FLAGS_confirm)
                           << " cheapest candidates picked " << absl::StrJoin(best, "/") << " over the search's "

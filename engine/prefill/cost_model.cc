@@ -108,7 +108,7 @@ std::vector<int> SearchSplit(int context_len, int chunks, const std::function<do
 
 std::vector<int> ConfirmBest(const std::vector<std::pair<std::vector<int>, double>>& seen, int k,
                              const std::function<double(const std::vector<int>&)>& remeasure,
-                             double* remeasured_cost) {
+                             double* remeasured_cost, const std::vector<std::vector<int>>& also) {
   std::map<std::vector<int>, double> cheapest;  // distinct candidates, the lowest cost seen
   for (const auto& [sizes, cost] : seen) {
     auto it = cheapest.find(sizes);
@@ -118,6 +118,10 @@ std::vector<int> ConfirmBest(const std::vector<std::pair<std::vector<int>, doubl
   for (const auto& [sizes, cost] : cheapest) ranked.push_back({cost, sizes});
   std::sort(ranked.begin(), ranked.end());
   if (static_cast<int>(ranked.size()) > k) ranked.resize(std::max(k, 1));
+  for (const std::vector<int>& sizes : also) {
+    const bool listed = std::any_of(ranked.begin(), ranked.end(), [&](const auto& r) { return r.second == sizes; });
+    if (!sizes.empty() && !listed) ranked.push_back({0.0, sizes});
+  }
   std::vector<int> best;
   double best_cost = 0;
   for (const auto& [cost, sizes] : ranked) {

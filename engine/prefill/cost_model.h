@@ -58,10 +58,13 @@ std::vector<int> SearchSplit(int context_len, int chunks, const std::function<do
 // cheapest distinct candidates of `seen` (sizes, cost as the search saw it) with `remeasure`
 // (e.g. a median of several timings) and returns the cheapest under it, its cost in
 // `remeasured_cost`. A candidate that won the search by one lucky timing no longer decides the
-// split alone. Empty `seen`: returns {}.
+// split alone. `also` (e.g. the even and the cost-model split) are re-evaluated too, whether the
+// search saw them or not, so the result is never one a plain split beats under `remeasure`.
+// Empty `seen` and `also`: returns {}.
 std::vector<int> ConfirmBest(const std::vector<std::pair<std::vector<int>, double>>& seen, int k,
                              const std::function<double(const std::vector<int>&)>& remeasure,
-                             double* remeasured_cost = nullptr);
+                             double* remeasured_cost = nullptr,
+                             const std::vector<std::vector<int>>& also = {});
 
 // KVR cost-model planner: SearchSplit over SimulatePrefill.
 class CostModelPlanner : public Planner {

@@ -143,6 +143,15 @@ TEST(SplitSearch, ConfirmBestRetimesTheCheapestCandidates) {
   EXPECT_EQ(cost, 100.0);
   EXPECT_EQ(remeasured, 3);  // {40, 20}, {30, 30}, {28, 32}: the three cheapest as seen
   EXPECT_TRUE(ConfirmBest({}, 3, truth).empty());
+  // A split the search never saw (the even one, say) is re-timed too when passed in `also`, and
+  // wins where it is truly the cheapest; one already among the k cheapest is not timed twice.
+  auto shifted = [](const std::vector<int>& s) { return std::abs(s[0] - 31) + 100.0; };  // best: 31 / 29
+  remeasured = 0;
+  best = ConfirmBest(seen, 3, [&](const std::vector<int>& s) { ++remeasured; return shifted(s); }, &cost,
+                     {{31, 29}, {30, 30}});
+  EXPECT_EQ(best, (std::vector<int>{31, 29}));
+  EXPECT_EQ(cost, 100.0);
+  EXPECT_EQ(remeasured, 4);
 }
 
 // Issue 10: the split search must scale to 8 GPUs. Exhaustive search is only possible on a
