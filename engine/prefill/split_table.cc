@@ -72,6 +72,14 @@ bool SplitTable::HasCurve(const std::string& setup, int chunks) const {
   return false;
 }
 
+int SplitTable::LongestContext(const std::string& setup, int chunks) const {
+  int longest = 0;
+  for (const SplitEntry& e : entries_) {
+    if (e.setup == setup && static_cast<int>(e.sizes.size()) == chunks) longest = std::max(longest, e.context);
+  }
+  return longest;
+}
+
 absl::StatusOr<std::vector<int>> SplitTable::Lookup(const std::string& setup, int context, int chunks) const {
   if (chunks < 1 || context < chunks) {
     return absl::InvalidArgumentError(
@@ -117,6 +125,8 @@ absl::StatusOr<std::vector<int>> SplitTable::Lookup(const std::string& setup, in
 
 absl::StatusOr<PrefillPlan> TablePlanner::Plan(int context_len, int num_workers, int last_worker) const {
   const int p = std::min(num_workers, context_len);
+  if (fallback_ != nullptr && p > 1 && context_len > table_.LongestContext(setup_, p))
+    return fallback_->Plan(context_len, num_workers, last_worker);  // no curve, or past its end
   absl::StatusOr<std::vector<int>> sizes = table_.Lookup(setup_, context_len, p);
   if (!sizes.ok() && absl::IsNotFound(sizes.status()) && fallback_ != nullptr)
     return fallback_->Plan(context_len, num_workers, last_worker);

@@ -34,6 +34,8 @@ class SplitTable {
   const std::vector<SplitEntry>& entries() const { return entries_; }
   // Whether `setup` has entries with `chunks` chunks.
   bool HasCurve(const std::string& setup, int chunks) const;
+  // The longest searched context of that curve; 0 without one.
+  int LongestContext(const std::string& setup, int chunks) const;
   // Interpolated sizes for `context` over `chunks` chunks; NotFound if the setup has no entry
   // with that many chunks; InvalidArgument if context < chunks (every chunk needs a token).
   absl::StatusOr<std::vector<int>> Lookup(const std::string& setup, int context, int chunks) const;
@@ -43,8 +45,11 @@ class SplitTable {
 };
 
 // Plans from the table's curve for `setup`. Where the table has no curve for the setup and
-// worker count, `fallback` plans instead (the daemon passes the cost model); without one, Plan
-// returns NotFound.
+// worker count, or the prompt is longer than the curve's longest searched length, `fallback`
+// plans instead (the daemon passes the cost model); without one, Plan returns NotFound, or the
+// longest entry's shares. Beyond the longest length the nearest entry's shares were 9.1-9.6%
+// slower than the searched split in kvr-bench's leave-one-out runs at 32k, the cost model 0.5-4.0%
+// (docs/benchmarks.md, "Four GPUs", sessions 4 and 5).
 class TablePlanner : public Planner {
  public:
   TablePlanner(SplitTable table, std::string setup, Topology topology = Topology::kChain,

@@ -271,9 +271,16 @@ TEST(SplitTable, FallsBackWhereTheTableHasNoCurve) {
   TablePlanner planner(*table, "s/2xH200/nvlink", Topology::kChain, even);
   EXPECT_TRUE(planner.Covers(2));
   EXPECT_FALSE(planner.Covers(3));
-  auto two = planner.Plan(2000, 2, 1);
+  auto two = planner.Plan(500, 2, 1);  // below the searched range: the nearest entry's shares
   ASSERT_TRUE(two.ok());
-  EXPECT_EQ(two->bounds, (std::vector<int>{0, 1200, 2000}));
+  EXPECT_EQ(two->bounds, (std::vector<int>{0, 300, 500}));
+  EXPECT_EQ(planner.Plan(1000, 2, 1)->planner, "table");
+  // Past the longest searched length the fallback plans (the daemon's cost model); without a
+  // fallback, the longest entry's shares.
+  auto past = planner.Plan(2000, 2, 1);
+  ASSERT_TRUE(past.ok());
+  EXPECT_EQ(past->bounds, (std::vector<int>{0, 1000, 2000}));
+  EXPECT_EQ(TablePlanner(*table, "s/2xH200/nvlink").Plan(2000, 2, 1)->bounds, (std::vector<int>{0, 1200, 2000}));
   auto three = planner.Plan(300, 3, 2);  // no 3-chunk curve: the even planner's plan
   ASSERT_TRUE(three.ok());
   EXPECT_EQ(three->bounds, (std::vector<int>{0, 100, 200, 300}));
