@@ -6,6 +6,7 @@
 #include "engine/cuda/cuda_runner.h"
 #include "engine/cuda/nccl/nccl_fabric.h"
 #include "engine/cuda/peer/peer_fabric.h"
+#include "engine/util/log.h"
 
 namespace {
 
@@ -24,9 +25,10 @@ const kvr::CudaBackendApi kApi = {
         // Copy engines where they can reach every peer (measured faster: docs/benchmarks.md,
         // "Four GPUs, session 5"); NCCL when P2P is switched off for NCCL or a pair lacks access.
         const char* p2p_off = std::getenv("NCCL_P2P_DISABLE");
-        std::string why;
+        std::string why = "NCCL_P2P_DISABLE=1";
         const bool copy = !(p2p_off != nullptr && std::string(p2p_off) == "1") &&
                           kvr::PeerCopyPossible(devices, &why);
+        if (!copy && devices > 1) KVR_LOG(INFO) << "transport auto: NCCL, not the copy engines (" << why << ")";
         pick = copy ? "copy" : "nccl";
       }
       if (chosen != nullptr) *chosen = pick;
