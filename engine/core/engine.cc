@@ -84,8 +84,7 @@ absl::StatusOr<std::unique_ptr<Planner>> MakePlanner(const std::string& partitio
     KVR_ASSIGN_OR_RETURN(SplitTable table, SplitTable::Load(path));
     auto fallback = std::make_shared<CostModelPlanner>(LayerShape::Of(config, element_bytes), costs, topology);
     std::string used = setup;
-    if (!fallback_setup.empty() && !TablePlanner(table, setup, topology, fallback).Covers(workers) &&
-        TablePlanner(table, fallback_setup, topology, fallback).Covers(workers)) {
+    if (!fallback_setup.empty() && !table.HasCurve(setup, workers) && table.HasCurve(fallback_setup, workers)) {
       KVR_LOG(INFO) << "partition: " << path << " has no searched split for " << setup << "; using "
                     << fallback_setup << "'s";
       used = fallback_setup;

@@ -125,11 +125,9 @@ absl::StatusOr<std::vector<int>> SplitTable::Lookup(const std::string& setup, in
 
 absl::StatusOr<PrefillPlan> TablePlanner::Plan(int context_len, int num_workers, int last_worker) const {
   const int p = std::min(num_workers, context_len);
-  if (fallback_ != nullptr && p > 1 && context_len > table_.LongestContext(setup_, p))
+  if (fallback_ != nullptr && context_len > table_.LongestContext(setup_, p))
     return fallback_->Plan(context_len, num_workers, last_worker);  // no curve, or past its end
   absl::StatusOr<std::vector<int>> sizes = table_.Lookup(setup_, context_len, p);
-  if (!sizes.ok() && absl::IsNotFound(sizes.status()) && fallback_ != nullptr)
-    return fallback_->Plan(context_len, num_workers, last_worker);
   if (!sizes.ok()) return sizes.status();
   return PlanFromSizes(*sizes, context_len, num_workers, last_worker, topology_, name());
 }

@@ -25,10 +25,11 @@ const kvr::CudaBackendApi kApi = {
         // Copy engines where they can reach every peer (measured faster: docs/benchmarks.md,
         // "Four GPUs, session 5"); NCCL when P2P is switched off for NCCL or a pair lacks access.
         const char* p2p_off = std::getenv("NCCL_P2P_DISABLE");
-        std::string why = "NCCL_P2P_DISABLE=1";
-        const bool copy = !(p2p_off != nullptr && std::string(p2p_off) == "1") &&
-                          kvr::PeerCopyPossible(devices, &why);
-        if (!copy && devices > 1) KVR_LOG(INFO) << "transport auto: NCCL, not the copy engines (" << why << ")";
+        const absl::Status peer = p2p_off != nullptr && std::string(p2p_off) == "1"
+                                      ? absl::FailedPreconditionError("NCCL_P2P_DISABLE=1")
+                                      : kvr::PeerCopyStatus(devices);
+        const bool copy = peer.ok();
+        if (!copy && devices > 1) KVR_LOG(INFO) << "transport auto: NCCL, not the copy engines (" << peer.message() << ")";
         pick = copy ? "copy" : "nccl";
       }
       if (chosen != nullptr) *chosen = pick;

@@ -43,11 +43,32 @@ class PeerEndpoint : public ChainEndpoint {
   TransportStats stats_;
 };
 
+}  // namespace
+
+absl::Status PeerCopyStatus(int num_devices) {
+  for (int i = 0; i < num_devices; ++i) {
+    for (int j = 0; j < num_devices; ++j) {
+      if (i == j) continue;
+      int can = 0;
+      KVR_RETURN_IF_ERROR(CudaOk(cudaDeviceCanAccessPeer(&can, i, j), "cudaDeviceCanAccessPeer"));
+      if (!can) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "GPU ", i, " cannot access GPU ", j, " directly (no peer access): the peer-copy transport "
+            "needs it between every pair; use the NCCL transport"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
 class PeerCopyFabric : public ChainFabric {
  public:
   absl::Status Init(int n) {
     n_ = n;
     copy_.assign(n, std::vector<cudaStream_t>(n, nullptr));
+    KVR_RETURN_IF_ERROR(PeerCopyStatus(n));
     DeviceGuard guard;
     for (int i = 0; i < n; ++i) {
       KVR_RETURN_IF_ERROR(CudaOk(cudaSetDevice(i), "cudaSetDevice"));
@@ -55,13 +76,6 @@ class PeerCopyFabric : public ChainFabric {
       cudaDeviceGetStreamPriorityRange(&lo, &hi);
       for (int j = 0; j < n; ++j) {
         if (i == j) continue;
-        int can = 0;
-        KVR_RETURN_IF_ERROR(CudaOk(cudaDeviceCanAccessPeer(&can, i, j), "cudaDeviceCanAccessPeer"));
-        if (!can) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "GPU ", i, " cannot access GPU ", j, " directly (no peer access): the peer-copy transport "
-              "needs it between every pair; use the NCCL transport"));
-        }
         const cudaError_t e = cudaDeviceEnablePeerAccess(j, 0);
         if (e == cudaErrorPeerAccessAlreadyEnabled) {
           cudaGetLastError();  // enabled earlier in this process: fine
@@ -250,19 +264,6 @@ absl::Status PeerEndpoint::Finish() {
 }
 
 }  // namespace
-
-bool PeerCopyPossible(int num_devices, std::string* why) {
-  for (int i = 0; i < num_devices; ++i)
-    for (int j = 0; j < num_devices; ++j) {
-      int can = 0;
-      if (i != j && (cudaDeviceCanAccessPeer(&can, i, j) != cudaSuccess || !can)) {
-        cudaGetLastError();
-        *why = absl::StrCat("GPU ", i, " cannot access GPU ", j, " directly");
-        return false;
-      }
-    }
-  return true;
-}
 
 absl::StatusOr<std::unique_ptr<ChainFabric>> MakePeerCopyFabric(int num_devices) {
   auto fabric = std::make_unique<PeerCopyFabric>();

@@ -24,7 +24,6 @@
 #pragma once
 
 #include <memory>
-#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/prefill/transport.h"
@@ -35,8 +34,8 @@ namespace kvr {
 // streams. FailedPrecondition, naming the pair, where two devices cannot access each other.
 absl::StatusOr<std::unique_ptr<ChainFabric>> MakePeerCopyFabric(int num_devices);
 
-// Whether the peer-copy transport can run on devices 0..num_devices-1 (peer access between every
-// pair); false with the first pair that cannot in *why.
-bool PeerCopyPossible(int num_devices, std::string* why);
+// OK if the peer-copy transport can run on devices 0..num_devices-1 (peer access between every
+// pair); else FailedPrecondition naming the first pair that cannot (or the CUDA error of asking).
+absl::Status PeerCopyStatus(int num_devices);
 
 }  // namespace kvr
