@@ -5,7 +5,9 @@
 // reads along a row). For each tile: scores of the G queries (one (query, key) dot product per
 // thread and step, or per thread pair when G = 1), online softmax per query in fp32, O += P V
 // with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
-// log-sum-exp of its split.
+// log-sum-exp of its split. Groups of 2..16 queries per K/V head (GQA) run DecodeSplitMmaKernel
+// instead: the same split blocks on mma.sync tensor cores, the G queries as rows of one m-tile
+// (the scalar loop's G dot products per key made the GQA kernel issue-bound, not memory-bound).
 // Merge: with p.counters set, the last block to finish a (sequence, kv head) merges that head
 // group's splits itself (a counter per group, reset by the merging block: graph replays start
 // from zero again); otherwise kernel 2, block (query head, sequence), merges the splits.
@@ -266,6 +268,208 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
 }
 
+// Grouped queries on tensor cores (2 <= G <= 16): the G queries of a K/V head are rows 0..G-1
+// of one 16-row m-tile (rows G..15 zero), so every K/V element read from shared memory serves all
+// G queries through mma.sync instead of G scalar products. Same block, grid, split ranges, fused
+// rotary and outputs (o_part / lse_part, then MergeIfLast) as DecodeSplitKernel. K/V tiles of 64
+// keys, double-buffered by cp.async, row-major with Swz's XOR swizzle (no padding). Warp w owns
+// keys [16w, 16w + 16) of every tile with its own online softmax (S = Q K^T: 16 x 16 per warp in
+// fp32; P rounded to T for O += P V, as the prefill kernel does); at the end of the split the 4
+// warps' (max, sum, O) merge through shared memory.
+template <int D>
+__host__ __device__ constexpr size_t MmaTileSmemBytes(size_t elem) { return 4 * static_cast<size_t>(kTile) * D * elem; }
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParams p) {
+  constexpr int kChunks = D / 8;
+  constexpr int kWarps = kThreads / 32;
+  static_assert(kTile == 16 * kWarps, "each warp owns 16 keys of a tile");
+  const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int G = p.Hq / p.Hkv;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;  // mma fragment coordinates: rows g and g + 8
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [2][kTile][D], swizzled
+  T* sV = sK + 2 * kTile * D;              // [2][kTile][D], swizzled
+  float* sQ = reinterpret_cast<float*>(smem_raw + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D]
+
+  PdlWait();
+  PdlTrigger();
+  const int len = p.len[b];
+  const int lo = p.window > 0 ? max(0, len - p.window) : 0;
+  const int tiles_all = (len - lo + kTile - 1) / kTile;
+  const int tiles_per = (tiles_all + p.splits - 1) / p.splits;
+  const int a = lo + sp * tiles_per * kTile;
+  const int e = min(len, a + tiles_per * kTile);
+  const size_t pidx = (static_cast<size_t>(b) * p.Hq + hk * G) * p.splits + sp;  // head hk*G
+  if (a >= e) {
+    for (int r = tid; r < G; r += kThreads) p.lse_part[pidx + static_cast<size_t>(r) * p.splits] = -INFINITY;
+    if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+    return;
+  }
+  const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
+  const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
+  const size_t stride = static_cast<size_t>(p.Hkv) * D;
+  if (p.qkv != nullptr) {
+    RotateAndAppend<T, D>(p, b, hk, a <= len - 1 && len - 1 < e, sQ);  // ends with a barrier
+  } else {
+    const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
+    for (int i = tid; i < G * D; i += kThreads) sQ[i] = ToF(gq[i]);
+    __syncthreads();
+  }
+  auto load = [&](int j0, int buf) {
+    T* dk = sK + buf * kTile * D;
+    T* dv = sV + buf * kTile * D;
+    for (int c = tid; c < kTile * kChunks; c += kThreads) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const int j = j0 + r;
+      const bool ok = j < e;
+      const size_t off = ok ? static_cast<size_t>(j) * stride + col : 0;
+      CpAsync16(dk + Swz<D>(r, col), gk + off, ok ? 16 : 0);
+      CpAsync16(dv + Swz<D>(r, col), gv + off, ok ? 16 : 0);
+    }
+  };
+  const int ntiles = (e - a + kTile - 1) / kTile;
+  load(a, 0);
+  CpAsyncCommit();
+
+  // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int c = kk * 16 + 2 * t4;
+    qf[kk][0] = g < G ? Pack2<T>(sQ[g * D + c], sQ[g * D + c + 1]) : 0u;
+    qf[kk][1] = g + 8 < G ? Pack2<T>(sQ[(g + 8) * D + c], sQ[(g + 8) * D + c + 1]) : 0u;
+    qf[kk][2] = g < G ? Pack2<T>(sQ[g * D + c + 8], sQ[g * D + c + 9]) : 0u;
+    qf[kk][3] = g + 8 < G ? Pack2<T>(sQ[(g + 8) * D + c + 8], sQ[(g + 8) * D + c + 9]) : 0u;
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int buf = it & 1, j0 = a + it * kTile;
+    if (it + 1 < ntiles) {
+      load(j0 + kTile, buf ^ 1);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const T* tk = sK + buf * kTile * D;
+    const T* tv = sV + buf * kTile * D;
+    // S = Q K^T over this warp's 16 keys: two 8-key n-tiles.
+    float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t bk[4];
+      const int r = warp * 16 + (lane & 7) + ((lane >> 4) << 3);
+      const int col = kk * 16 + ((lane >> 3) & 1) * 8;
+      LdMatrixX4(bk, tk + Swz<D>(r, col));
+      Mma16816<T>(sacc[0], qf[kk], bk[0], bk[1]);
+      Mma16816<T>(sacc[1], qf[kk], bk[2], bk[3]);
+    }
+    // Keys past the split's end (zero-filled rows) are masked.
+    if (j0 + kTile > e) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (j0 + warp * 16 + nt * 8 + 2 * t4 + (q & 1) >= e) sacc[nt][q] = -INFINITY;
+    }
+    // Online softmax for rows g (q = 0, 1) and g + 8 (q = 2, 3).
+    float mx[2] = {fmaxf(fmaxf(sacc[0][0], sacc[0][1]), fmaxf(sacc[1][0], sacc[1][1])),
+                   fmaxf(fmaxf(sacc[0][2], sacc[0][3]), fmaxf(sacc[1][2], sacc[1][3]))};
+    float msub[2], alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m_run[r], mx[r] * scale_log2);
+      msub[r] = m_new == -INFINITY ? 0.f : m_new;
+      alpha[r] = exp2f(m_run[r] - msub[r]);
+      m_run[r] = m_new;
+      l_run[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) sacc[nt][q] = exp2f(sacc[nt][q] * scale_log2 - msub[q >> 1]);
+      l_run[0] += sacc[nt][0] + sacc[nt][1];
+      l_run[1] += sacc[nt][2] + sacc[nt][3];
+    }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+    // O += P V: P (16 x 16 keys) from the score registers, V rows of this warp's keys.
+    uint32_t pa[4];
+    pa[0] = Pack2<T>(sacc[0][0], sacc[0][1]);
+    pa[1] = Pack2<T>(sacc[0][2], sacc[0][3]);
+    pa[2] = Pack2<T>(sacc[1][0], sacc[1][1]);
+    pa[3] = Pack2<T>(sacc[1][2], sacc[1][3]);
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt += 2) {
+      uint32_t bv[4];
+      const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      const int col = nt * 8 + (lane >> 4) * 8;
+      LdMatrixX4Trans(bv, tv + Swz<D>(r, col));
+      Mma16816<T>(o[nt], pa, bv[0], bv[1]);
+      Mma16816<T>(o[nt + 1], pa, bv[2], bv[3]);
+    }
+    __syncthreads();  // the buffer is refilled by the next iteration's prefetch
+  }
+
+  // Merge the warps: each writes its rows' max, sum and unnormalised O; then every (row, d).
+  float* sMw = reinterpret_cast<float*>(smem_raw);  // [kWarps][16], over the (now idle) tiles
+  float* sLw = sMw + kWarps * 16;                    // [kWarps][16]
+  float* sOw = sLw + kWarps * 16;                    // [kWarps][16][D]
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+  }
+  if (t4 == 0) {
+    sMw[warp * 16 + g] = m_run[0];
+    sMw[warp * 16 + g + 8] = m_run[1];
+    sLw[warp * 16 + g] = l_run[0];
+    sLw[warp * 16 + g + 8] = l_run[1];
+  }
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    float* row0 = sOw + (warp * 16 + g) * D + nt * 8 + 2 * t4;
+    row0[0] = o[nt][0];
+    row0[1] = o[nt][1];
+    row0[8 * D] = o[nt][2];
+    row0[8 * D + 1] = o[nt][3];
+  }
+  __syncthreads();
+  for (int oi = tid; oi < G * D; oi += kThreads) {
+    const int r = oi / D, d = oi % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sMw[w * 16 + r]);
+    float num = 0.f, den = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float m = sMw[w * 16 + r];
+      if (m == -INFINITY) continue;  // a warp whose keys were all past the end
+      const float f = exp2f(m - M);
+      num += f * sOw[(w * 16 + r) * D + d];
+      den += f * sLw[w * 16 + r];
+    }
+    p.o_part[(pidx + static_cast<size_t>(r) * p.splits) * D + d] = num / den;
+    if (d == 0) p.lse_part[pidx + static_cast<size_t>(r) * p.splits] = M + log2f(den);
+  }
+  if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+}
+
 // Block (head, sequence), D threads: out = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max).
 template <typename T>
 __global__ void DecodeCombineKernel(DecodeAttnParams p) {
@@ -287,12 +491,37 @@ __global__ void DecodeCombineKernel(DecodeAttnParams p) {
       FromF<T>(den > 0.f ? num / den : 0.f);
 }
 
+// The tensor-core kernel takes groups of 2..16 queries (KVR_DECODE_MMA=0, a benchmark knob, keeps
+// every group on the scalar kernel). Single queries stay scalar: on an H100 the tensor-core
+// kernel gave Llama-2-7B's decode steps no gain (docs/benchmarks.md, session 6).
+bool UseMma(int G) {
+  static const bool allowed = [] {
+    const char* env = std::getenv("KVR_DECODE_MMA");
+    return env == nullptr || std::atoi(env) != 0;
+  }();
+  return allowed && G >= 2 && G <= 16;
+}
+
+// The kernel for a group of G and its dynamic shared memory (splits: the merge's share).
+template <typename T, int D>
+void KernelFor(int G, int splits, void (**kernel)(DecodeAttnParams), size_t* smem) {
+  if (UseMma(G)) {
+    *kernel = DecodeSplitMmaKernel<T, D>;
+    const size_t merge = (2 * 4 * 16 + 4 * 16 * static_cast<size_t>(D)) * sizeof(float);
+    *smem = std::max({MmaTileSmemBytes<D>(sizeof(T)), merge, MergeSmemBytes(G, splits)}) +
+            static_cast<size_t>(G) * D * sizeof(float);
+    return;
+  }
+  *kernel = DecodeSplitKernel<T, D>;
+  *smem = std::max(TileSmemBytes(D, sizeof(T)), MergeSmemBytes(G, splits)) + StateSmemBytes(G, D);
+}
+
 template <typename T, int D>
 cudaError_t Launch(const DecodeAttnParams& p, cudaStream_t stream) {
   const int G = p.Hq / p.Hkv;
-  const size_t smem = std::max(TileSmemBytes(D, sizeof(T)), MergeSmemBytes(G, p.splits)) +
-                      StateSmemBytes(G, D);
-  auto kernel = DecodeSplitKernel<T, D>;
+  void (*kernel)(DecodeAttnParams) = nullptr;
+  size_t smem = 0;
+  KernelFor<T, D>(G, p.splits, &kernel, &smem);
   KVR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
   KVR_CUDA_TRY(LaunchPdl(kernel, dim3(p.splits, p.Hkv, p.B), dim3(kThreads), smem, stream, p));
@@ -308,8 +537,10 @@ int DecodeAttentionSplits(DType dt, int B, int Hq, int Hkv, int D, int num_sms) 
   if (const char* env = std::getenv("KVR_DECODE_SPLITS_PER_SM"); env != nullptr) per_sm = std::atoi(env);
   if (per_sm <= 0 && Hkv > 0 && Hq % Hkv == 0 && (D == 64 || D == 128)) {
     KVR_DISPATCH_DTYPE(dt, T, [&] {
-      auto kernel = D == 64 ? DecodeSplitKernel<T, 64> : DecodeSplitKernel<T, 128>;
-      const size_t smem = TileSmemBytes(D, sizeof(T)) + StateSmemBytes(Hq / Hkv, D);
+      void (*kernel)(DecodeAttnParams) = nullptr;
+      size_t smem = 0;
+      if (D == 64) KernelFor<T, 64>(Hq / Hkv, 1, &kernel, &smem);
+      else KernelFor<T, 128>(Hq / Hkv, 1, &kernel, &smem);
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem)) == cudaSuccess)
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);

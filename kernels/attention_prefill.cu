@@ -17,11 +17,6 @@ namespace {
 
 constexpr int kBc = 64;
 
-template <int D>
-__device__ __forceinline__ int Swz(int row, int col) {  // element offset in a (rows, D) tile
-  return row * D + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
-}
-
 // kMT = m-tiles (16 query rows each) per warp. kMT == 1: Q fragments stay in registers for the
 // whole key loop. kMT == 2: each K/V fragment read from shared memory feeds two m-tiles (half the
 // shared-memory traffic per product), and Q fragments are re-read from shared memory per tile to

@@ -12,6 +12,14 @@ __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Element offset of (row, col) in a row-major (rows, D) tile of 16-bit elements whose 16-byte
+// chunks are XOR-swizzled by (row & 7) within each group of 8 chunks, so that ldmatrix over 8
+// consecutive rows at one column is free of bank conflicts.
+template <int D>
+__device__ __forceinline__ int Swz(int row, int col) {
+  return row * D + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
+}
+
 // 16-byte async copy global -> shared; bytes beyond src_bytes (0 or 16) are zero-filled.
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(smem)),

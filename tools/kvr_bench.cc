@@ -20,6 +20,8 @@
 //              that kvr-p can run without searching again)
 // TTFT is the chain's time from the first layer to the first token's logits (cache allocation
 // excluded, as PyTorch's caching allocator excludes it); median of --reps after --warmup runs.
+// run_ms is the whole coordinator Run, as kvrd's prefill time counts it: each GPU's KV-cache
+// allocated, the fabric prepared, the chain, the other GPUs' caches freed.
 // tp is timed the same way: from the launch of the first layer on every rank to rank 0's logits
 // on the host. Every multi-GPU mode's logits (and the K/V of its final cache's first and last
 // layer; for tp gathered from the ranks' heads) are compared with the one-GPU prefill on GPU 0:
@@ -133,6 +135,9 @@ std::vector<int> SizesOf(const PrefillPlan& plan) {
 
 struct Measurement {
   double ttft = 0;  // median chain seconds
+  double run = 0;   // median seconds of the whole Run (allocation and freeing included)
+  double alloc = 0, prepare = 0, release = 0;  // medians of the Run's parts outside the chain
+  std::vector<double> whole;                   // each timed run's whole-Run seconds
   std::vector<double> runs;
   PrefillResult last;
 };
@@ -140,13 +145,25 @@ struct Measurement {
 absl::StatusOr<Measurement> Measure(PrefillCoordinator& co, const std::vector<int32_t>& prompt,
                                     const PrefillPlan& plan, int warmup, int reps) {
   Measurement m;
+  std::vector<double> alloc, prepare, release;
+  std::vector<double>& whole = m.whole;
   for (int i = 0; i < warmup + reps; ++i) {
     KVR_ASSIGN_OR_RETURN(PrefillResult r, co.Run(prompt, plan, plan.context_len + 1));
-    if (i >= warmup) m.runs.push_back(r.chain_seconds);
+    if (i >= warmup) {
+      m.runs.push_back(r.chain_seconds);
+      whole.push_back(r.seconds);
+      alloc.push_back(r.alloc_seconds);
+      prepare.push_back(r.prepare_seconds);
+      release.push_back(r.release_seconds);
+    }
     m.last.cache.reset();  // free the previous run's cache before keeping this one
     m.last = std::move(r);
   }
   m.ttft = Median(m.runs);
+  m.run = Median(whole);
+  m.alloc = Median(alloc);
+  m.prepare = Median(prepare);
+  m.release = Median(release);
   return m;
 }
 
@@ -409,7 +426,9 @@ absl::Status Run() {
       }
       auto record = [&](const std::string& mode, const PrefillPlan& plan, const Measurement& m, nlohmann::json extra) {
         nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", mode}, {"ttft_ms", m.ttft * 1e3},
-                            {"runs_ms", Millis(m.runs)}, {"plan", plan.ToString()}, {"sizes", SizesOf(plan)}};
+                            {"runs_ms", Millis(m.runs)}, {"run_ms", m.run * 1e3}, {"whole_runs_ms", Millis(m.whole)}, {"alloc_ms", m.alloc * 1e3},
+                            {"prepare_ms", m.prepare * 1e3}, {"release_ms", m.release * 1e3},
+                            {"plan", plan.ToString()}, {"sizes", SizesOf(plan)}};
         for (auto& [k, v] : extra.items()) j[k] = v;
         nlohmann::json workers = nlohmann::json::array();
         for (const WorkerTiming& w : m.last.workers) {
@@ -418,7 +437,9 @@ absl::Status Run() {
         }
         j["workers"] = workers;
         out["results"].push_back(j);
-        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms   %s\n", mode.c_str(), p, C, m.ttft * 1e3, plan.ToString().c_str());
+        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms (whole run %8.2f: caches %.2f, fabric %.2f, free %.2f)   %s\n",
+                    mode.c_str(), p, C, m.ttft * 1e3, m.run * 1e3, m.alloc * 1e3, m.prepare * 1e3, m.release * 1e3,
+                    plan.ToString().c_str());
         std::fflush(stdout);
       };
       auto run_plan = [&](const std::string& mode, absl::StatusOr<PrefillPlan> plan, nlohmann::json extra = {}) -> absl::Status {
@@ -550,9 +571,11 @@ absl::Status Run() {
         if (!m.ok()) continue;
         m->last.cache.reset();
         nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", "kvr-p"}, {"ttft_ms", m->ttft * 1e3},
-                            {"runs_ms", Millis(m->runs)}, {"plan", plan->ToString()}, {"sizes", SizesOf(*plan)}};
+                            {"runs_ms", Millis(m->runs)}, {"run_ms", m->run * 1e3}, {"plan", plan->ToString()},
+                            {"sizes", SizesOf(*plan)}};
         out["results"].push_back(j);
-        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms   %s\n", "kvr-p", p, C, m->ttft * 1e3, plan->ToString().c_str());
+        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms (whole run %8.2f)   %s\n", "kvr-p", p, C, m->ttft * 1e3,
+                    m->run * 1e3, plan->ToString().c_str());
       }
     }
   }

@@ -5,13 +5,16 @@
 //                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
 //                  [--attn_impl mma,cudnn] [--attn_prefix S]
 //                  [--serve_lens 3001,5500,9000,12345,16000] [--serve_chunk 2048]
-//                  [--gemv_bench 0|1]
+//                  [--gemv_bench 0|1] [--floors 0|1] [--prefill_at S]
 //
 // Measures, each the median of --reps after warm-ups:
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
 //            through the same cuBLASLt wrapper the runner uses;
 //   prefill  TTFT of one chunk of C tokens (host clock from an idle device to the logits on the
-//            host), with FLOPs and the fraction of the measured matmul rate; once per
+//            host), with FLOPs and the fraction of the measured matmul rate; with --prefill_at S
+//            the chunk is positions [S, S + C) after a prefix of S random K/V rows (what the
+//            last GPU of a KV-Runahead chain computes; FLOPs then count its S*C prefix pairs
+//            too); once per
 //            --attn_impl (a fresh runner each), so TTFT compares them; first_ms is the first
 //            (cold) run, which includes cuDNN plan building;
 //   attn     the prefill attention kernel alone (causal, a chunk of C queries after a prefix of
@@ -25,6 +28,7 @@
 //            Prewarm of BucketGrid(512, serve_chunk, longest) (time of the prewarm reported), and
 //            cuDNN with exact plans (plan build of each new shape + run, as a daemon without
 //            buckets pays it); totals per implementation, builds included;
+//   --floors 0 skips the floors (for profilers that should see only the model's kernels).
 //   decode   inter-token latency at batch 1 with a cache of C tokens (host clock per Decode call,
 //            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth.
 #include <cuda_runtime.h>
@@ -122,11 +126,12 @@ kvr::ModelConfig Shape(const std::string& name) {
 
 // FLOPs of a prefill of n tokens from position 0: linear layers on every token, attention over
 // the causal triangle (2 products of 2*D each per visible (query, key) pair), lm_head on one row.
-double PrefillFlops(const kvr::ModelConfig& c, double n) {
+// With a prefix of s tokens, each query also sees the s prefix keys.
+double PrefillFlops(const kvr::ModelConfig& c, double n, double s = 0) {
   const double C = c.hidden_size, E = c.qkv_dim(), QD = c.q_dim(), F = c.intermediate_size;
   const double U = c.mlp == kvr::MlpKind::kSiluGate ? 2 * F : F;
   const double lin = 2 * n * (C * E + QD * C + C * U + F * C);
-  const double att = 4.0 * c.num_q_heads * c.head_dim * n * (n + 1) / 2;
+  const double att = 4.0 * c.num_q_heads * c.head_dim * (n * (n + 1) / 2 + n * s);
   return c.num_layers * (lin + att) + 2.0 * C * c.vocab_size;
 }
 
@@ -136,7 +141,8 @@ int main(int argc, char** argv) {
   std::string shape = "llama2-7b", out_path, dtype = "bf16";
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
   std::string attn_impl_s = "mma", serve_lens_s = "3001,5500,9000,12345,16000";
-  int layers = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048, gemv_bench = 1;
+  int layers = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048, gemv_bench = 1, floors = 1,
+      prefill_at = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -154,6 +160,8 @@ int main(int argc, char** argv) {
     else if (a == "--serve_lens") serve_lens_s = next();
     else if (a == "--serve_chunk") serve_chunk = std::atoi(next().c_str());
     else if (a == "--gemv_bench") gemv_bench = std::atoi(next().c_str());
+    else if (a == "--floors") floors = std::atoi(next().c_str());
+    else if (a == "--prefill_at") prefill_at = std::atoi(next().c_str());
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   std::vector<std::string> attn_impls;
@@ -202,7 +210,7 @@ int main(int argc, char** argv) {
 
   // ---- floors: copy bandwidth and matmul rate ----
   double copy_gbs = 0, gemm_tflops = 0;
-  {
+  if (floors) {
     const size_t bytes = 2ull << 30;
     void *a = nullptr, *b = nullptr;
     Check(cudaMalloc(&a, bytes), "malloc");
@@ -478,12 +486,20 @@ int main(int argc, char** argv) {
     std::printf("model %s: weights %.2f GiB, prefill attention %s\n", cfg.Summary().c_str(),
                 mem.weights_bytes / 1073741824.0, impl.c_str());
     for (int n : Ints(prefill_s)) {
-      auto cache = r.NewKvCache(n);
+      const int at = prefill_at;
+      auto cache = r.NewKvCache(at + n);
       if (!cache.ok()) {
         out["prefill"].push_back({{"ctx", n}, {"attn_impl", impl}, {"error", std::string(cache.status().message())}});
         std::printf("prefill ctx %d: %s\n", n, std::string(cache.status().message()).c_str());
         continue;
       }
+      for (int l = 0; l < cfg.num_layers && at > 0; ++l) {  // the prefix: random K/V rows [0, at)
+        const kvr::KvLayerView v = (*cache)->layer(l);
+        const size_t cnt = static_cast<size_t>(at) * v.bytes_per_token / 2;
+        Check(K::FillUniform(kdt, v.k, cnt, 1.f, 300 + l, stream), "fill");
+        Check(K::FillUniform(kdt, v.v, cnt, 1.f, 400 + l, stream), "fill");
+      }
+      Check(cudaStreamSynchronize(stream), "sync");
       std::vector<int32_t> toks(n);
       for (int i = 0; i < n; ++i) toks[i] = (i * 7919 + 13) % cfg.vocab_size;
       std::vector<double> t;
@@ -491,7 +507,7 @@ int main(int argc, char** argv) {
       for (int rep = 0; rep < reps + 2; ++rep) {
         Check(r.Synchronize(), "sync");
         const auto t0 = Clock::now();
-        auto chunk = r.BeginChunk(toks, 0, **cache);
+        auto chunk = r.BeginChunk(toks, at, **cache);
         Check(chunk.status(), "begin");
         for (int l = 0; l < cfg.num_layers; ++l) {
           Check(r.LayerQkv(**chunk, l), "qkv");
@@ -502,12 +518,12 @@ int main(int argc, char** argv) {
         if (rep == 0) first_ms = ms;
         if (rep >= 2) t.push_back(ms);
       }
-      const double ms = Median(t), fl = PrefillFlops(cfg, n);
+      const double ms = Median(t), fl = PrefillFlops(cfg, n, at);
       const double tf = fl / (ms * 1e-3) / 1e12;
-      out["prefill"].push_back({{"ctx", n}, {"attn_impl", impl}, {"ttft_ms", ms}, {"all_ms", t}, {"first_ms", first_ms},
-                                {"flop", fl}, {"TFLOPs", tf}, {"frac_of_gemm_rate", tf / gemm_tflops}});
-      std::printf("prefill ctx %6d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate  (attn %s, first run %.2f ms)\n",
-                  n, ms, fl, tf, tf / gemm_tflops, impl.c_str(), first_ms);
+      out["prefill"].push_back({{"ctx", n}, {"at", at}, {"attn_impl", impl}, {"ttft_ms", ms}, {"all_ms", t}, {"first_ms", first_ms},
+                                {"flop", fl}, {"TFLOPs", tf}, {"frac_of_gemm_rate", gemm_tflops > 0 ? tf / gemm_tflops : 0.0}});
+      std::printf("prefill ctx %6d at %d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate  (attn %s, first run %.2f ms)\n",
+                  n, at, ms, fl, tf, gemm_tflops > 0 ? tf / gemm_tflops : 0.0, impl.c_str(), first_ms);
     }
   }
   kvr::ModelRunner& r = *runner;

@@ -72,17 +72,19 @@ class Carver {
   size_t off_ = 0;
 };
 
+// A KV-cache in the runner's stream-ordered pool: freed (cudaFreeAsync) on the runner's stream,
+// so it must not outlive its runner; the pool keeps the memory mapped for the next cache.
 class CudaKvCache : public KvCache {
  public:
-  CudaKvCache(const void* owner, int device, int capacity, int layers, size_t bytes_per_token,
-              std::byte* mem, bool zeroed)
-      : owner_(owner), device_(device), capacity_(capacity), layers_(layers),
+  CudaKvCache(const void* owner, int device, cudaStream_t stream, int capacity, int layers,
+              size_t bytes_per_token, std::byte* mem, bool zeroed)
+      : owner_(owner), device_(device), stream_(stream), capacity_(capacity), layers_(layers),
         bytes_per_token_(bytes_per_token), mem_(mem), zeroed_(zeroed) {}
   ~CudaKvCache() override {
     int prev = 0;
     cudaGetDevice(&prev);
     cudaSetDevice(device_);
-    cudaFree(mem_);
+    cudaFreeAsync(mem_, stream_);
     cudaSetDevice(prev);
   }
   int capacity() const override { return capacity_; }
@@ -103,7 +105,9 @@ class CudaKvCache : public KvCache {
 
  private:
   const void* owner_;
-  int device_, capacity_, layers_;
+  int device_;
+  cudaStream_t stream_;
+  int capacity_, layers_;
   size_t bytes_per_token_;
   std::byte* mem_;
   bool zeroed_;
@@ -207,6 +211,23 @@ class CudaRunner : public ModelRunner {
     uint64_t threshold = UINT64_MAX;
     KVR_CU(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     pool_ = pool;
+    // KV-caches come from this pool too, and KV-Runahead's copy engines write them from other
+    // GPUs: pool memory follows cudaMemPoolSetAccess, not cudaDeviceEnablePeerAccess, so every
+    // GPU that can reach this one maps it (otherwise peer copies take a staged path).
+    int gpus = 0;
+    KVR_CU(cudaGetDeviceCount(&gpus));
+    for (int j = 0; j < gpus; ++j) {
+      int can = 0;
+      if (j == device_ || cudaDeviceCanAccessPeer(&can, j, device_) != cudaSuccess || !can) continue;
+      cudaMemAccessDesc desc{};
+      desc.location.type = cudaMemLocationTypeDevice;
+      desc.location.id = j;
+      desc.flags = cudaMemAccessFlagsProtReadWrite;
+      if (cudaMemPoolSetAccess(pool, &desc, 1) != cudaSuccess) {
+        cudaGetLastError();
+        KVR_LOG(WARNING) << name_ << ": GPU " << j << " cannot map this GPU's memory pool; K/V copies to it may be staged";
+      }
+    }
     gemm_ = std::make_unique<K::Gemm>();
     KVR_BLAS(gemm_->Init(opt_.gemm_workspace_bytes));
     if (!K::ParseAttnImpl(opt_.attn_impl, &attn_impl_))
@@ -447,31 +468,43 @@ class CudaRunner : public ModelRunner {
     const size_t bpt = static_cast<size_t>(cfg_.kv_dim()) * 2;
     const size_t bytes = 2ull * cfg_.num_layers * static_cast<size_t>(capacity) * bpt;
     const size_t chunk = ChunkBytes(capacity);
-    cudaMemPoolTrimTo(static_cast<cudaMemPool_t>(pool_), 0);
+    // The pool keeps freed caches and chunk workspaces mapped (release threshold: unlimited), so
+    // that a request of a size seen before allocates without the driver mapping memory (a
+    // cudaMalloc and cudaFree per request cost milliseconds, and cudaFree waits for the device).
+    // What the pool holds beyond its live allocations and this request (cache + workspace) goes
+    // back to the device first, where cuBLAS, cuDNN and NCCL allocate.
+    auto* pool = static_cast<cudaMemPool_t>(pool_);
+    uint64_t used = 0, reserved = 0;
+    KVR_CU(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+    KVR_CU(cudaMemPoolTrimTo(pool, used + bytes + chunk));
+    KVR_CU(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
     size_t free_b = 0, total_b = 0;
     KVR_CU(cudaMemGetInfo(&free_b, &total_b));
-    if (bytes + chunk + opt_.reserve_bytes > free_b) {
+    const size_t avail = free_b + (reserved > used ? reserved - used : 0);  // + mapped, unused
+    if (bytes + chunk + opt_.reserve_bytes > avail) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "a context of ", capacity, " tokens does not fit on ", name_, ": KV-cache ", GiB(bytes),
           " + prefill workspace ", GiB(chunk), " + reserve ", GiB(opt_.reserve_bytes), " > ",
-          GiB(free_b), " free (", GiB(total_b), " total, weights ", GiB(arena_bytes_), ")"));
+          GiB(avail), " free (", GiB(total_b), " total, weights ", GiB(arena_bytes_), ")"));
     }
     std::byte* mem = nullptr;
-    KVR_CU(cudaMalloc(&mem, bytes));
+    if (cudaMallocAsync(reinterpret_cast<void**>(&mem), bytes, stream_) != cudaSuccess) {
+      cudaGetLastError();  // fragmented: give back every unused byte and try once more
+      KVR_CU(cudaMemPoolTrimTo(pool, 0));
+      KVR_CU(cudaMallocAsync(reinterpret_cast<void**>(&mem), bytes, stream_));
+    }
     // cuDNN bucketed plans read (masked) rows past a sequence's keys: they must be finite, so
-    // the cache starts zeroed (one memset at HBM bandwidth; waited for, as other streams, e.g. a
-    // transport's, may write the cache next).
-    const bool zero = cudnn_attn_ != nullptr;
-    if (zero) {
-      cudaError_t e = cudaMemsetAsync(mem, 0, bytes, stream_);
-      if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);
-      if (e != cudaSuccess) {
-        cudaFree(mem);
-        return CudaStatus(e, "KV-cache zeroing");
-      }
+    // with bucketing on the cache starts zeroed (one memset at HBM bandwidth).
+    const bool zero = cudnn_attn_ != nullptr && cudnn_attn_->bucketing();
+    cudaError_t e = zero ? cudaMemsetAsync(mem, 0, bytes, stream_) : cudaSuccess;
+    // Waited for: other streams (a transport's, other devices' copies) may write the cache next.
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) {
+      cudaFreeAsync(mem, stream_);
+      return CudaStatus(e, zero ? "KV-cache zeroing" : "KV-cache allocation");
     }
     return std::unique_ptr<KvCache>(
-        new CudaKvCache(this, device_, capacity, cfg_.num_layers, bpt, mem, zero));
+        new CudaKvCache(this, device_, stream_, capacity, cfg_.num_layers, bpt, mem, zero));
   }
 
   absl::StatusOr<std::unique_ptr<ChunkState>> BeginChunk(absl::Span<const int32_t> tokens, int start,

@@ -135,7 +135,10 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
       },
       plan.order));
 
+  const double alloc_seconds = SecondsSince(t0);
+
   // 2. The fabric learns who sends what to whom.
+  const auto prepare_start = SteadyClock::now();
   std::vector<KvCache*> cache_ptrs;
   std::vector<ModelRunner*> position_runners;
   for (int k = 0; k < p; ++k) {
@@ -143,6 +146,7 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
     position_runners.push_back(runners_[plan.order[k]]);
   }
   KVR_RETURN_IF_ERROR(fabric_->Prepare(plan, cache_ptrs, position_runners));
+  const double prepare_seconds = SecondsSince(prepare_start);
 
   // 3. Every position runs its chunk through all layers at once: KV-Runahead.
   st->result.plan = plan;
@@ -165,11 +169,15 @@ absl::StatusOr<PrefillResult> PrefillCoordinator::Run(absl::Span<const int32_t> 
   const double chain_seconds = SecondsSince(chain_start);
 
   // 4. The other positions' caches are freed on their own devices; the last one's is kept.
+  const auto release_start = SteadyClock::now();
   KVR_RETURN_IF_ERROR(RunOnPositions(
       p - 1, [st](int k, ChainProgress&) { st->caches[k].reset(); return absl::OkStatus(); },
       plan.order));
   PrefillResult result = std::move(st->result);  // every job has finished: no one else touches it
   result.chain_seconds = chain_seconds;
+  result.alloc_seconds = alloc_seconds;
+  result.prepare_seconds = prepare_seconds;
+  result.release_seconds = SecondsSince(release_start);
   result.owner = plan.last_worker();
   result.cache = std::move(st->caches[p - 1]);
   result.seconds = SecondsSince(t0);

@@ -40,6 +40,9 @@ struct PrefillResult {
   std::vector<WorkerTiming> workers; // one per chain position
   double seconds = 0;                // wall time of the whole prefill, cache allocation included
   double chain_seconds = 0;          // from the chain's start to the first token's logits
+  double alloc_seconds = 0;          // before the chain: every position's cache allocated
+  double prepare_seconds = 0;        // before the chain: the fabric told who sends what
+  double release_seconds = 0;        // after the chain: the other positions' caches freed
 };
 
 class PrefillCoordinator {

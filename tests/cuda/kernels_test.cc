@@ -703,6 +703,10 @@ TEST(Kernels, DecodeAttention) {
       {{63, 64, 65}, 71, 1, 64, 0, 128},
       {{3000, 10}, 4, 4, 64, 500, 8},
       {{129}, 8, 8, 128, 0, 1},
+      // Groups for the tensor-core kernel: odd G, G = 8 with a window, G = 16 (a full m-tile).
+      {{7, 1000}, 12, 4, 64, 0, 5},
+      {{777, 64}, 64, 8, 128, 100, 4},
+      {{2048}, 16, 1, 128, 0, 7},
   };
   for (DType dt : kTypes) {
     for (const DecodeCase& c : cases) {
@@ -787,6 +791,7 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       {{4097}, 32, 32, 128, 0, 12},
       {{63, 65}, 71, 1, 64, 0, 3},
       {{3000, 10}, 4, 4, 64, 500, 8},
+      {{1000, 2}, 16, 1, 128, 0, 5},
   };
   for (DType dt : kTypes) {
     for (const DecodeCase& c : cases) {
