@@ -49,7 +49,7 @@ starts = [n for n, i in enumerate(ids) if "Embedding" in ks[i]["name"]]
 last = [ks[i] for i in ids[starts[-1] if starts else 0:]]
 def kind(n):
     n = n.lower()
-    if "gemm" in n or "xmma" in n or "cutlass" in n or "sm90" in n and "sdpa" not in n: return "matmul"
+    if "gemm" in n or "gemv" in n or "xmma" in n or "nvjet" in n or ("sm90" in n and "sdpa" not in n): return "matmul"
     if "sdpa" in n or "attn" in n or "attention" in n or "fmha" in n or "cudnn" in n: return "attention"
     if "norm" in n: return "norm"
     if "rope" in n or "rotary" in n: return "rotary"
