@@ -31,7 +31,8 @@ struct RopeAppendParams {
   void* const* v_table = nullptr;
 };
 
-// Supported: D in {64, 128}.
+// Supported: D in {64, 128}; qkv, q_out and the cache rows 16-byte aligned (the kernel moves 8
+// elements per access).
 cudaError_t RopeAppend(DType dt, const RopeAppendParams& p, cudaStream_t stream);
 
 }  // namespace kvr::kernels
