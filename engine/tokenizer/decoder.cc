@@ -53,7 +53,7 @@ std::string RenderToken(const DecoderConfig& config, std::string_view token, boo
       return out;
     }
   }
-  if (!config.replace_metaspace) {
+  if (!config.replace_metaspace || config.metaspace.empty()) {  // an empty pattern matches nothing
     out.assign(token);
     return out;
   }

@@ -183,11 +183,15 @@ absl::Status ParseDecoder(const json& d, TokenizerSpec* spec) {
     KVR_RETURN_IF_ERROR(ParsePrependScheme(d, &step));
     c.replace_metaspace = true;
     if (d.contains("replacement")) c.metaspace = d.at("replacement").get<std::string>();
+    if (c.metaspace.empty())
+      return absl::InvalidArgumentError("decoder Metaspace: empty \"replacement\" (expected a string such as \"\u2581\")");
     c.metaspace_drop_first = step.prepend_scheme != PrependScheme::kNever;
   } else if (type == "Replace" && d.at("pattern").contains("String") &&
              GetString(d, "content") == " ") {
     c.replace_metaspace = true;
     c.metaspace = d.at("pattern").at("String").get<std::string>();
+    if (c.metaspace.empty())
+      return absl::InvalidArgumentError("decoder Replace: empty \"pattern\" string (it would match everywhere)");
   } else if (type == "ByteFallback") {
     c.byte_fallback = true;
   } else if (type == "Fuse") {

@@ -18,6 +18,7 @@
 #include "kernels/cudnn_attention.h"
 #include "kernels/embedding.cuh"
 #include "kernels/gemm.h"
+#include "kernels/gemv.cuh"
 #include "kernels/norm.cuh"
 #include "kernels/rotary.cuh"
 #include "tests/cuda/gpu_test_util.h"
@@ -236,6 +237,45 @@ TEST(Kernels, GemmLinear) {
       EXPECT_LT(RelErr(ToFloat(dt, dyh.Download()), ref), Tol(dt))
           << cs.n << "x" << cs.in << "x" << cs.out << " gemv " << use_gemv;
       EXPECT_LT(RelErr(dyf.Download(), ref_acc), 1e-4) << "fp32 accumulate " << cs.n;
+    }
+  }
+}
+
+// Every GEMV variant (the benchmarks compare them) against the CPU, n = 1..4 rows, T and fp32
+// outputs; shapes with padded chunk shares (11008 = 43 chunks over 4 warps), outputs not a
+// multiple of the rows per block, and enough rows that the grid-stride variant's blocks walk
+// several row groups.
+TEST(Kernels, GemvVariants) {
+  std::mt19937 rng(6);
+  struct Case { int in, out; };
+  for (DType dt : kTypes) {
+    for (Case cs : {Case{4096, 1000}, Case{11008, 333}, Case{520, 40001}, Case{264, 7}}) {
+      auto w = RandomHalf(dt, static_cast<size_t>(cs.out) * cs.in, 0.05f, rng);
+      DeviceBuffer<uint16_t> dw(w.h.size());
+      CUDA_OK(dw.Upload(w.h));
+      for (int n = 1; n <= kGemvMaxRows; ++n) {
+        auto x = RandomHalf(dt, static_cast<size_t>(n) * cs.in, 1.f, rng);
+        DeviceBuffer<uint16_t> dx(x.h.size()), dy(static_cast<size_t>(n) * cs.out);
+        DeviceBuffer<float> dyf(static_cast<size_t>(n) * cs.out);
+        CUDA_OK(dx.Upload(x.h));
+        std::vector<double> ref(static_cast<size_t>(n) * cs.out);
+        for (int r = 0; r < n; ++r)
+          for (int o = 0; o < cs.out; ++o) {
+            double acc = 0;
+            for (int i = 0; i < cs.in; ++i)
+              acc += static_cast<double>(x.f[static_cast<size_t>(r) * cs.in + i]) * w.f[static_cast<size_t>(o) * cs.in + i];
+            ref[static_cast<size_t>(r) * cs.out + o] = acc;
+          }
+        for (int v = 0; v < kGemvVariants; ++v) {
+          CUDA_OK(dy.Poison());
+          CUDA_OK(dyf.Poison());
+          CUDA_OK(GemvVariant(v, dt, dx.get(), dw.get(), n, cs.in, cs.out, dy.get(), false, 0.f, nullptr));
+          CUDA_OK(GemvVariant(v, dt, dx.get(), dw.get(), n, cs.in, cs.out, dyf.get(), true, 0.f, nullptr));
+          CUDA_OK(cudaDeviceSynchronize());
+          EXPECT_LT(RelErr(ToFloat(dt, dy.Download()), ref), Tol(dt)) << "variant " << v << " n=" << n << " " << cs.in << "x" << cs.out;
+          EXPECT_LT(RelErr(dyf.Download(), ref), 1e-4) << "variant " << v << " fp32 n=" << n << " " << cs.in << "x" << cs.out;
+        }
+      }
     }
   }
 }

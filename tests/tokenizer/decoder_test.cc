@@ -2,6 +2,7 @@
 #include <string>
 
 #include "engine/tokenizer/decoder.h"
+#include "engine/tokenizer/tokenizer_json.h"
 #include "gtest/gtest.h"
 
 namespace kvr {
@@ -52,6 +53,24 @@ TEST(RenderTokenTest, Decoders) {
   bl.byte_level = true;
   EXPECT_EQ(RenderToken(bl, "\xC4\xA0world", false), " world");    // "Ġworld"
   EXPECT_EQ(RenderToken(bl, "<|eot_id|>", false), "<|eot_id|>");
+  DecoderConfig empty = spm;  // an empty pattern matches nothing (and never loops)
+  empty.metaspace.clear();
+  EXPECT_EQ(RenderToken(empty, "a\xE2\x96\x81" "b", false), "a\xE2\x96\x81" "b");
+}
+
+// A Replace or Metaspace decoder with an empty pattern is refused at load with the reason (the
+// fuzzer found that one hung the tokenizer's construction: the pattern matched at every position
+// without advancing).
+TEST(DecoderConfigTest, EmptyReplacePatternIsRefused) {
+  const std::string head = R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}, "decoder": )";
+  auto replace = ParseTokenizerSpec(head + R"({"type": "Replace", "pattern": {"String": ""}, "content": " "}})", "", "");
+  ASSERT_FALSE(replace.ok());
+  EXPECT_NE(replace.status().message().find("empty \"pattern\""), std::string::npos) << replace.status();
+  auto meta = ParseTokenizerSpec(head + R"({"type": "Metaspace", "replacement": ""}})", "", "");
+  ASSERT_FALSE(meta.ok());
+  EXPECT_NE(meta.status().message().find("empty \"replacement\""), std::string::npos) << meta.status();
+  auto ok = ParseTokenizerSpec(head + R"({"type": "Replace", "pattern": {"String": "_"}, "content": " "}})", "", "");
+  EXPECT_TRUE(ok.ok()) << ok.status();
 }
 
 }  // namespace
