@@ -122,6 +122,50 @@ __device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool a
   __syncthreads();
 }
 
+// The keys [a, e) of split sp of sequence b (its tiles spread evenly over the splits; only the
+// last `window` keys when set), and pidx: the index of (sequence b, head hk*G, split sp) in
+// lse_part (head hk*G + g adds g * splits; o_part rows likewise, times D).
+struct SplitKeys {
+  int len, a, e;
+  size_t pidx;
+};
+__device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, int hk, int sp) {
+  SplitKeys s;
+  s.len = p.len[b];
+  const int lo = p.window > 0 ? max(0, s.len - p.window) : 0;
+  const int tiles_all = (s.len - lo + kTile - 1) / kTile;
+  const int tiles_per = (tiles_all + p.splits - 1) / p.splits;
+  s.a = lo + sp * tiles_per * kTile;
+  s.e = min(s.len, s.a + tiles_per * kTile);
+  s.pidx = (static_cast<size_t>(b) * p.Hq + hk * (p.Hq / p.Hkv)) * p.splits + sp;
+  return s;
+}
+
+// A split without keys: its log-sum-exps are -inf (it weighs nothing in the merge), and the
+// merge runs if this block is its group's last.
+template <typename T, int D>
+__device__ void FinishEmptySplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& s,
+                                 unsigned char* smem_raw) {
+  const int G = p.Hq / p.Hkv;
+  for (int g = threadIdx.x; g < G; g += kThreads) p.lse_part[s.pidx + static_cast<size_t>(g) * p.splits] = -INFINITY;
+  if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+}
+
+// sQ[g][d] (fp32) = the G queries of kv head hk: rotated from qkv (the block whose split holds
+// the newest position also appends that K/V row, see RotateAndAppend), or read from q. Ends with
+// a block barrier.
+template <typename T, int D>
+__device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, const SplitKeys& s, float* sQ) {
+  if (p.qkv != nullptr) {
+    RotateAndAppend<T, D>(p, b, hk, s.a <= s.len - 1 && s.len - 1 < s.e, sQ);
+    return;
+  }
+  const int G = p.Hq / p.Hkv;
+  const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
+  for (int i = threadIdx.x; i < G * D; i += kThreads) sQ[i] = ToF(gq[i]);
+  __syncthreads();
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p) {
   constexpr int kRow = D + 8;  // padded row (elements)
@@ -141,27 +185,17 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
 
   PdlWait();
   PdlTrigger();
-  const int len = p.len[b];
-  const int lo = p.window > 0 ? max(0, len - p.window) : 0;
-  const int tiles_all = (len - lo + kTile - 1) / kTile;
-  const int tiles_per = (tiles_all + p.splits - 1) / p.splits;
-  const int a = lo + sp * tiles_per * kTile;
-  const int e = min(len, a + tiles_per * kTile);
-  const size_t pidx = (static_cast<size_t>(b) * p.Hq + hk * G) * p.splits + sp;  // head hk*G
+  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const int a = split.a, e = split.e;
+  const size_t pidx = split.pidx;
   if (a >= e) {
-    for (int g = tid; g < G; g += kThreads) p.lse_part[pidx + static_cast<size_t>(g) * p.splits] = -INFINITY;
-    if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
     return;
   }
   const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
   const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
   const size_t stride = static_cast<size_t>(p.Hkv) * D;
-  if (p.qkv != nullptr) {
-    RotateAndAppend<T, D>(p, b, hk, a <= len - 1 && len - 1 < e, sQ);
-  } else {
-    const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
-    for (int i = tid; i < G * D; i += kThreads) sQ[i] = ToF(gq[i]);
-  }
+  LoadQueries<T, D>(p, b, hk, split, sQ);
   for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
     sM[g] = -INFINITY;
@@ -281,7 +315,6 @@ __host__ __device__ constexpr size_t MmaTileSmemBytes(size_t elem) { return 4 * 
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParams p) {
-  constexpr int kChunks = D / 8;
   constexpr int kWarps = kThreads / 32;
   static_assert(kTile == 16 * kWarps, "each warp owns 16 keys of a tile");
   const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
@@ -295,39 +328,19 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
 
   PdlWait();
   PdlTrigger();
-  const int len = p.len[b];
-  const int lo = p.window > 0 ? max(0, len - p.window) : 0;
-  const int tiles_all = (len - lo + kTile - 1) / kTile;
-  const int tiles_per = (tiles_all + p.splits - 1) / p.splits;
-  const int a = lo + sp * tiles_per * kTile;
-  const int e = min(len, a + tiles_per * kTile);
-  const size_t pidx = (static_cast<size_t>(b) * p.Hq + hk * G) * p.splits + sp;  // head hk*G
+  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const int a = split.a, e = split.e;
+  const size_t pidx = split.pidx;
   if (a >= e) {
-    for (int r = tid; r < G; r += kThreads) p.lse_part[pidx + static_cast<size_t>(r) * p.splits] = -INFINITY;
-    if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
     return;
   }
   const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
   const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
   const size_t stride = static_cast<size_t>(p.Hkv) * D;
-  if (p.qkv != nullptr) {
-    RotateAndAppend<T, D>(p, b, hk, a <= len - 1 && len - 1 < e, sQ);  // ends with a barrier
-  } else {
-    const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
-    for (int i = tid; i < G * D; i += kThreads) sQ[i] = ToF(gq[i]);
-    __syncthreads();
-  }
+  LoadQueries<T, D>(p, b, hk, split, sQ);
   auto load = [&](int j0, int buf) {
-    T* dk = sK + buf * kTile * D;
-    T* dv = sV + buf * kTile * D;
-    for (int c = tid; c < kTile * kChunks; c += kThreads) {
-      const int r = c / kChunks, col = (c % kChunks) * 8;
-      const int j = j0 + r;
-      const bool ok = j < e;
-      const size_t off = ok ? static_cast<size_t>(j) * stride + col : 0;
-      CpAsync16(dk + Swz<D>(r, col), gk + off, ok ? 16 : 0);
-      CpAsync16(dv + Swz<D>(r, col), gv + off, ok ? 16 : 0);
-    }
+    CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, gk, gv, j0, e, stride);
   };
   const int ntiles = (e - a + kTile - 1) / kTile;
   load(a, 0);

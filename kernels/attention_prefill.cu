@@ -58,17 +58,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) PrefillAttnKernel(PrefillAttnP
               ok ? 16 : 0);
   }
   auto load_kv = [&](int tile, int buf) {
-    const int j0 = kbeg + tile * kBc;
-    T* dk = sK + buf * kBc * D;
-    T* dv = sV + buf * kBc * D;
-    for (int c = tid; c < kBc * kChunks; c += kThreads) {
-      const int r = c / kChunks, col = (c % kChunks) * 8;
-      const int j = j0 + r;
-      const bool ok = j < kend;
-      const size_t off = ok ? static_cast<size_t>(j) * kv_stride + col : 0;
-      CpAsync16(dk + Swz<D>(r, col), gk + off, ok ? 16 : 0);
-      CpAsync16(dv + Swz<D>(r, col), gv + off, ok ? 16 : 0);
-    }
+    CpAsyncKvTiles<T, D, kBc, kThreads>(sK + buf * kBc * D, sV + buf * kBc * D, gk, gv,
+                                        kbeg + tile * kBc, kend, kv_stride);
   };
   load_kv(0, 0);
   CpAsyncCommit();

@@ -26,6 +26,23 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_
                "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Key/value rows [j0, j0 + kRows) (row stride `stride` elements in global memory) into two
+// Swz-swizzled (kRows, D) shared tiles by cp.async; rows at or past `end` are zero-filled. Every
+// thread of the kThreads-thread block takes part; the caller commits and waits.
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void CpAsyncKvTiles(T* dk, T* dv, const T* gk, const T* gv, int j0,
+                                               int end, size_t stride) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const int j = j0 + r;
+    const bool ok = j < end;
+    const size_t off = ok ? static_cast<size_t>(j) * stride + col : 0;
+    CpAsync16(dk + Swz<D>(r, col), gk + off, ok ? 16 : 0);
+    CpAsync16(dv + Swz<D>(r, col), gv + off, ok ? 16 : 0);
+  }
+}
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));

@@ -146,12 +146,11 @@ absl::StatusOr<Measurement> Measure(PrefillCoordinator& co, const std::vector<in
                                     const PrefillPlan& plan, int warmup, int reps) {
   Measurement m;
   std::vector<double> alloc, prepare, release;
-  std::vector<double>& whole = m.whole;
   for (int i = 0; i < warmup + reps; ++i) {
     KVR_ASSIGN_OR_RETURN(PrefillResult r, co.Run(prompt, plan, plan.context_len + 1));
     if (i >= warmup) {
       m.runs.push_back(r.chain_seconds);
-      whole.push_back(r.seconds);
+      m.whole.push_back(r.seconds);
       alloc.push_back(r.alloc_seconds);
       prepare.push_back(r.prepare_seconds);
       release.push_back(r.release_seconds);
@@ -160,11 +159,26 @@ absl::StatusOr<Measurement> Measure(PrefillCoordinator& co, const std::vector<in
     m.last = std::move(r);
   }
   m.ttft = Median(m.runs);
-  m.run = Median(whole);
+  m.run = Median(m.whole);
   m.alloc = Median(alloc);
   m.prepare = Median(prepare);
   m.release = Median(release);
   return m;
+}
+
+// The JSON record and the printed line of one chain mode's measurement (every chain mode, kvr-p
+// included, reports the same fields).
+nlohmann::json MeasurementJson(int p, int C, const std::string& mode, const PrefillPlan& plan, const Measurement& m) {
+  return {{"gpus", p}, {"ctx", C}, {"mode", mode}, {"ttft_ms", m.ttft * 1e3}, {"runs_ms", Millis(m.runs)},
+          {"run_ms", m.run * 1e3}, {"whole_runs_ms", Millis(m.whole)}, {"alloc_ms", m.alloc * 1e3},
+          {"prepare_ms", m.prepare * 1e3}, {"release_ms", m.release * 1e3}, {"plan", plan.ToString()},
+          {"sizes", SizesOf(plan)}};
+}
+void PrintMeasurement(int p, int C, const std::string& mode, const PrefillPlan& plan, const Measurement& m) {
+  std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms (whole run %8.2f: caches %.2f, fabric %.2f, free %.2f)   %s\n",
+              mode.c_str(), p, C, m.ttft * 1e3, m.run * 1e3, m.alloc * 1e3, m.prepare * 1e3, m.release * 1e3,
+              plan.ToString().c_str());
+  std::fflush(stdout);
 }
 
 // Rates of the cost model: compute on GPU 0 (engine/prefill/calibration.h), the link between
@@ -425,10 +439,7 @@ absl::Status Run() {
         ref = TakeReference(co, one->last, C);
       }
       auto record = [&](const std::string& mode, const PrefillPlan& plan, const Measurement& m, nlohmann::json extra) {
-        nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", mode}, {"ttft_ms", m.ttft * 1e3},
-                            {"runs_ms", Millis(m.runs)}, {"run_ms", m.run * 1e3}, {"whole_runs_ms", Millis(m.whole)}, {"alloc_ms", m.alloc * 1e3},
-                            {"prepare_ms", m.prepare * 1e3}, {"release_ms", m.release * 1e3},
-                            {"plan", plan.ToString()}, {"sizes", SizesOf(plan)}};
+        nlohmann::json j = MeasurementJson(p, C, mode, plan, m);
         for (auto& [k, v] : extra.items()) j[k] = v;
         nlohmann::json workers = nlohmann::json::array();
         for (const WorkerTiming& w : m.last.workers) {
@@ -437,10 +448,7 @@ absl::Status Run() {
         }
         j["workers"] = workers;
         out["results"].push_back(j);
-        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms (whole run %8.2f: caches %.2f, fabric %.2f, free %.2f)   %s\n",
-                    mode.c_str(), p, C, m.ttft * 1e3, m.run * 1e3, m.alloc * 1e3, m.prepare * 1e3, m.release * 1e3,
-                    plan.ToString().c_str());
-        std::fflush(stdout);
+        PrintMeasurement(p, C, mode, plan, m);
       };
       auto run_plan = [&](const std::string& mode, absl::StatusOr<PrefillPlan> plan, nlohmann::json extra = {}) -> absl::Status {
         if (!plan.ok()) return plan.status();
@@ -570,12 +578,8 @@ absl::Status Run() {
         auto m = Measure(co, prompt, *plan, warmup, reps);
         if (!m.ok()) continue;
         m->last.cache.reset();
-        nlohmann::json j = {{"gpus", p}, {"ctx", C}, {"mode", "kvr-p"}, {"ttft_ms", m->ttft * 1e3},
-                            {"runs_ms", Millis(m->runs)}, {"run_ms", m->run * 1e3}, {"plan", plan->ToString()},
-                            {"sizes", SizesOf(*plan)}};
-        out["results"].push_back(j);
-        std::printf("%-10s %dxGPU C=%-6d TTFT %8.2f ms (whole run %8.2f)   %s\n", "kvr-p", p, C, m->ttft * 1e3,
-                    m->run * 1e3, plan->ToString().c_str());
+        out["results"].push_back(MeasurementJson(p, C, "kvr-p", *plan, *m));
+        PrintMeasurement(p, C, "kvr-p", *plan, *m);
       }
     }
   }
