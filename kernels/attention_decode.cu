@@ -11,7 +11,9 @@
 // Merge: with p.counters set, the last block to finish a (sequence, kv head) merges that head
 // group's splits itself (a counter per group, reset by the merging block: graph replays start
 // from zero again); otherwise kernel 2, block (query head, sequence), merges the splits.
-// Both kernels go through LaunchPdl and wait (PdlWait) before reading anything.
+// Both kernels go through LaunchPdl. Before PdlWait a split block reads nothing the kernels of
+// this step write: it starts loading its first K/V tile when that tile holds keys of earlier
+// steps alone (EarlyTiles), so that the load overlaps the end of the kernel before.
 // Fused rotary (p.qkv set): every split block rotates its G queries itself (a few sincosf); the
 // one block whose split holds the newest position (len - 1) rotates that key, writes it and the
 // value to the cache, and only then loads its tiles (the other splits never read that row).
@@ -141,6 +143,18 @@ __device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, i
   return s;
 }
 
+// How many of the split's first tiles are loaded before PdlWait: up to kEarlyTiles (at most 2,
+// the two buffers) of those that hold only keys of earlier steps, written before this step began
+// (the newest, at len - 1, is appended by this kernel or by the RopeAppend kernel just before
+// it). The split's range and the K/V tables come from the step's host-written table. One tile:
+// a decode step 0.7-2.5% faster on an H200; two: no faster (docs/benchmarks.md, session 7).
+constexpr int kEarlyTiles = 1;
+__device__ __forceinline__ int EarlyTiles(const SplitKeys& s) {
+  int t = 0;
+  while (t < kEarlyTiles && s.a + t * kTile < s.e && min(s.e, s.a + (t + 1) * kTile) <= s.len - 1) ++t;
+  return t;
+}
+
 // A split without keys: its log-sum-exps are -inf (it weighs nothing in the merge), and the
 // merge runs if this block is its group's last.
 template <typename T, int D>
@@ -183,24 +197,12 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   float* sL = sM + G;                              // [G] running sum
   float* sA = sL + G;                              // [G] rescale of this tile
 
-  PdlWait();
-  PdlTrigger();
   const SplitKeys split = SplitOf(p, b, hk, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
-  if (a >= e) {
-    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
-    return;
-  }
   const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
   const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
   const size_t stride = static_cast<size_t>(p.Hkv) * D;
-  LoadQueries<T, D>(p, b, hk, split, sQ);
-  for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
-  for (int g = tid; g < G; g += kThreads) {
-    sM[g] = -INFINITY;
-    sL[g] = 0.f;
-  }
   auto load = [&](int j0, int buf) {
     T* dk = sK + buf * kTile * kRow;
     T* dv = sV + buf * kTile * kRow;
@@ -213,15 +215,36 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       CpAsync16(dv + r * kRow + col, gv + off, ok ? 16 : 0);
     }
   };
+  const int pre = EarlyTiles(split);
+  for (int t = 0; t < pre; ++t) {
+    load(a + t * kTile, t);
+    CpAsyncCommit();
+  }
+  PdlWait();
+  PdlTrigger();
+  if (a >= e) {
+    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
+    return;
+  }
+  LoadQueries<T, D>(p, b, hk, split, sQ);
+  for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
+  for (int g = tid; g < G; g += kThreads) {
+    sM[g] = -INFINITY;
+    sL[g] = 0.f;
+  }
   const int ntiles = (e - a + kTile - 1) / kTile;
-  load(a, 0);
-  CpAsyncCommit();
+  if (pre == 0) {
+    load(a, 0);
+    CpAsyncCommit();
+  }
   const float scale_log2 = p.scale * 1.4426950408889634f;
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it & 1, j0 = a + it * kTile;
     if (it + 1 < ntiles) {
-      load(j0 + kTile, buf ^ 1);
-      CpAsyncCommit();
+      if (it + 1 >= pre) {  // else loaded before PdlWait
+        load(j0 + kTile, buf ^ 1);
+        CpAsyncCommit();
+      }
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
@@ -326,25 +349,32 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   T* sV = sK + 2 * kTile * D;              // [2][kTile][D], swizzled
   float* sQ = reinterpret_cast<float*>(smem_raw + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D]
 
-  PdlWait();
-  PdlTrigger();
   const SplitKeys split = SplitOf(p, b, hk, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
+  const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
+  const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
+  const size_t stride = static_cast<size_t>(p.Hkv) * D;
+  auto load = [&](int j0, int buf) {
+    CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, gk, gv, j0, e, stride);
+  };
+  const int pre = EarlyTiles(split);
+  for (int t = 0; t < pre; ++t) {
+    load(a + t * kTile, t);
+    CpAsyncCommit();
+  }
+  PdlWait();
+  PdlTrigger();
   if (a >= e) {
     FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
     return;
   }
-  const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
-  const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
-  const size_t stride = static_cast<size_t>(p.Hkv) * D;
   LoadQueries<T, D>(p, b, hk, split, sQ);
-  auto load = [&](int j0, int buf) {
-    CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, gk, gv, j0, e, stride);
-  };
   const int ntiles = (e - a + kTile - 1) / kTile;
-  load(a, 0);
-  CpAsyncCommit();
+  if (pre == 0) {
+    load(a, 0);
+    CpAsyncCommit();
+  }
 
   // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
   uint32_t qf[D / 16][4];
@@ -365,8 +395,10 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it & 1, j0 = a + it * kTile;
     if (it + 1 < ntiles) {
-      load(j0 + kTile, buf ^ 1);
-      CpAsyncCommit();
+      if (it + 1 >= pre) {  // else loaded before PdlWait
+        load(j0 + kTile, buf ^ 1);
+        CpAsyncCommit();
+      }
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();

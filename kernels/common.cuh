@@ -52,6 +52,9 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
 // PdlTrigger (or exited). Contract for every kernel launched that way: before PdlWait it reads
 // only immutable data (weights) and writes nothing; PdlWait returns when the previous kernel has
 // completed and its writes are visible. Both are no-ops when the kernel was launched normally.
+// Every kernel here calls PdlTrigger only after PdlWait: triggering first (so that the kernel
+// after could start while this one still waits) made a decode step 10-13% slower on an H200
+// (docs/benchmarks.md, session 7): the early blocks hold SM slots the running kernels need.
 // Decode steps are chains of short kernels: this hides each launch and lets a GEMV start
 // streaming its weights while the kernel before it finishes.
 __device__ __forceinline__ void PdlWait() {

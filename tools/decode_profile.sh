@@ -5,7 +5,10 @@
 # 1. kvr_cuda_bench: the 1-row products (our GEMV against cuBLASLt) and decode ITL vs the floor,
 #    once per VARIANTS entry (environment settings, e.g. "KVR_PDL=0" to launch without
 #    programmatic dependent launch, "KVR_DECODE_SPLITS_PER_SM=2"; "-" = defaults; several
-#    settings in one entry joined by commas: "KVR_DECODE_FUSE=0,KVR_DECODE_TILE=64").
+#    settings in one entry joined by commas: "KVR_DECODE_FUSE=0,KVR_DECODE_TILE=64"). VARIANTS=none
+#    skips this part.
+# BENCH_ARGS: more kvr_cuda_bench arguments for both parts, e.g. "--hidden 256 --ffn 688" (the
+# same kernels with almost no bytes: what each kernel costs beyond moving its bytes).
 # 2. Nsight Compute (clocks left alone): the duration and DRAM bytes of every kernel of one eager
 #    decode step, summed per kernel name. The sum of kernel durations against the ITL says how
 #    much of the step is gaps between kernels and host work.
@@ -18,10 +21,11 @@ export LD_LIBRARY_PATH="$DEVICE_LIBS"
 B=${BIN:-.carry/dev/bin}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 i=0
-for v in ${VARIANTS:--}; do
+[ "${VARIANTS:-}" = none ] && VARIANTS_LIST="" || VARIANTS_LIST=${VARIANTS:--}
+for v in $VARIANTS_LIST; do
   echo "-- variant: $v"
   G=0; [ $i = 0 ] && G=1  # the 1-row products once
-  v=${v/#-/}; env ${v//,/ } $B/kvr_cuda_bench --gemv_bench $G --prefill "" --attn "" --decode "$CTX,32768" --out "$OUT/decode_bench_$i.json" 2>&1 |
+  v=${v/#-/}; env ${v//,/ } $B/kvr_cuda_bench --gemv_bench $G --prefill "" --attn "" --decode "$CTX,32768" ${BENCH_ARGS:-} --out "$OUT/decode_bench_$i.json" 2>&1 |
     grep -E "row product|decode ctx|copy|matmul"
   i=$((i + 1))
 done
@@ -30,7 +34,7 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 # Only the decode kernels of one step (the 1-row product timings are skipped).
 timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum \
   -k regex:'Gemv|Norm|Rope|Decode|Silu|Gelu|Embedding|Bias' --launch-count 400 --csv \
-  $B/kvr_cuda_bench --gemv_bench 0 --prefill "" --attn "" --decode "$CTX" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  $B/kvr_cuda_bench --gemv_bench 0 --floors 0 --prefill "" --attn "" --decode "$CTX" ${BENCH_ARGS:-} > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
 echo "ncu rc=$?"
 python3 - "$OUT/ncu.csv" <<'PY'
 import csv, sys, collections

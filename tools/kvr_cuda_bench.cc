@@ -1,6 +1,8 @@
 // kvr_cuda_bench: single-GPU benchmarks of the CUDA backend on random weights (no checkpoint).
 //
 //   kvr_cuda_bench [--shape llama2-7b|llama3-8b|mistral-7b|falcon-7b] [--layers N]
+//                  [--hidden H --ffn F]  (the shape with other widths: H / head_dim query heads,
+//                  K/V heads scaled alike; for seeing what scales with bytes and what does not)
 //                  [--prefill 4096,8192,16384,32768] [--attn 4096,...] [--decode 4096,32768]
 //                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
 //                  [--attn_impl mma,cudnn] [--attn_prefix S]
@@ -15,7 +17,8 @@
 //            the chunk is positions [S, S + C) after a prefix of S random K/V rows (what the
 //            last GPU of a KV-Runahead chain computes; FLOPs then count its S*C prefix pairs
 //            too); once per
-//            --attn_impl (a fresh runner each), so TTFT compares them; first_ms is the first
+//            --attn_impl (a fresh runner each), so TTFT compares them; cache_ms is NewKvCache's
+//            time (the memory pool mapping memory when it must grow); first_ms is the first
 //            (cold) run, which includes cuDNN plan building;
 //   attn     the prefill attention kernel alone (causal, a chunk of C queries after a prefix of
 //            --attn_prefix keys, default 0), CUDA events, TFLOP/s, for each --attn_impl: mma (our
@@ -141,13 +144,15 @@ int main(int argc, char** argv) {
   std::string shape = "llama2-7b", out_path, dtype = "bf16";
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
   std::string attn_impl_s = "mma", serve_lens_s = "3001,5500,9000,12345,16000";
-  int layers = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048, gemv_bench = 1, floors = 1,
+  int layers = 0, hidden = 0, ffn = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048, gemv_bench = 1, floors = 1,
       prefill_at = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
     if (a == "--shape") shape = next();
     else if (a == "--layers") layers = std::atoi(next().c_str());
+    else if (a == "--hidden") hidden = std::atoi(next().c_str());
+    else if (a == "--ffn") ffn = std::atoi(next().c_str());
     else if (a == "--prefill") prefill_s = next();
     else if (a == "--attn") attn_s = next();
     else if (a == "--decode") decode_s = next();
@@ -178,6 +183,17 @@ int main(int argc, char** argv) {
   if (kvr::CudaDeviceCount() == 0) { std::fprintf(stderr, "no CUDA device\n"); return 1; }
   kvr::ModelConfig cfg = Shape(shape);
   if (layers > 0) cfg.num_layers = layers;
+  if (hidden > 0) {
+    if (hidden % cfg.head_dim != 0 || cfg.num_q_heads * cfg.head_dim != cfg.hidden_size) {
+      std::fprintf(stderr, "--hidden must be a multiple of the head size %d\n", cfg.head_dim);
+      return 2;
+    }
+    const int g = cfg.num_q_heads / cfg.num_kv_heads;
+    cfg.hidden_size = hidden;
+    cfg.num_q_heads = hidden / cfg.head_dim;
+    cfg.num_kv_heads = std::max(1, cfg.num_q_heads / g);
+  }
+  if (ffn > 0) cfg.intermediate_size = ffn;
   const K::DType kdt = dtype == "fp16" ? K::DType::kF16 : K::DType::kBF16;
   nlohmann::json out;
   cudaDeviceProp prop{};
@@ -487,7 +503,9 @@ int main(int argc, char** argv) {
                 mem.weights_bytes / 1073741824.0, impl.c_str());
     for (int n : Ints(prefill_s)) {
       const int at = prefill_at;
+      const auto ta = Clock::now();
       auto cache = r.NewKvCache(at + n);
+      const double cache_ms = std::chrono::duration<double, std::milli>(Clock::now() - ta).count();
       if (!cache.ok()) {
         out["prefill"].push_back({{"ctx", n}, {"attn_impl", impl}, {"error", std::string(cache.status().message())}});
         std::printf("prefill ctx %d: %s\n", n, std::string(cache.status().message()).c_str());
@@ -520,10 +538,10 @@ int main(int argc, char** argv) {
       }
       const double ms = Median(t), fl = PrefillFlops(cfg, n, at);
       const double tf = fl / (ms * 1e-3) / 1e12;
-      out["prefill"].push_back({{"ctx", n}, {"at", at}, {"attn_impl", impl}, {"ttft_ms", ms}, {"all_ms", t}, {"first_ms", first_ms},
+      out["prefill"].push_back({{"ctx", n}, {"at", at}, {"attn_impl", impl}, {"ttft_ms", ms}, {"all_ms", t}, {"first_ms", first_ms}, {"cache_ms", cache_ms},
                                 {"flop", fl}, {"TFLOPs", tf}, {"frac_of_gemm_rate", gemm_tflops > 0 ? tf / gemm_tflops : 0.0}});
-      std::printf("prefill ctx %6d at %d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate  (attn %s, first run %.2f ms)\n",
-                  n, at, ms, fl, tf, gemm_tflops > 0 ? tf / gemm_tflops : 0.0, impl.c_str(), first_ms);
+      std::printf("prefill ctx %6d at %d: TTFT %9.2f ms  %.3g FLOP  %6.1f TFLOP/s = %.2f of the matmul rate  (attn %s, first run %.2f ms, cache allocation %.2f ms)\n",
+                  n, at, ms, fl, tf, gemm_tflops > 0 ? tf / gemm_tflops : 0.0, impl.c_str(), first_ms, cache_ms);
     }
   }
   kvr::ModelRunner& r = *runner;

@@ -1,7 +1,8 @@
 // CudaRunner consistency on random-weight models (no checkpoint): a prefill split into chunks
 // (KV-Runahead's per-GPU view: prefix first, then the chunk at an offset) gives the same logits
 // and KV-cache as one chunk; prefill + decode equals a longer prefill; a decode batch equals its
-// rows run alone (graph capture and replay included); contexts that cannot fit are refused.
+// rows run alone (graph capture and replay included); contexts that cannot fit are refused; the
+// memory pool keeps the largest request's memory mapped.
 // Label gpu: exits 77 without a GPU.
 #include <cmath>
 #include <random>
@@ -212,6 +213,30 @@ TEST(CudaRunner, CudnnBucketedPrewarmedMatchesMma) {
     EXPECT_LT(RelL2(a, ref), 2e-2) << "auto, prewarmed buckets";
     EXPECT_LT(RelL2(x, ref), 2e-2) << "cudnn, cache without room for key buckets";
   }
+}
+
+// The stream-ordered pool keeps the largest request's memory mapped: after a long context and
+// then a short one, it still holds at least the long one's cache, so that a long prompt after
+// short ones does not wait for the driver to map memory again.
+TEST(CudaRunner, PoolKeepsLargestRequest) {
+  ModelConfig cfg = Llama(128);
+  auto r = MakeRandomCudaRunner(cfg, 0, {}, 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int longest = 8000;
+  const uint64_t long_cache = 2ull * cfg.num_layers * longest * cfg.kv_dim() * 2;
+  {
+    auto big = (*r)->NewKvCache(longest);
+    ASSERT_TRUE(big.ok()) << big.status();
+  }
+  for (int i = 0; i < 2; ++i) {
+    auto small = (*r)->NewKvCache(100);
+    ASSERT_TRUE(small.ok()) << small.status();
+  }
+  cudaMemPool_t pool;
+  ASSERT_EQ(cudaDeviceGetDefaultMemPool(&pool, 0), cudaSuccess);
+  uint64_t reserved = 0;
+  ASSERT_EQ(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved), cudaSuccess);
+  EXPECT_GE(reserved, long_cache) << "the pool gave back the longest request's memory";
 }
 
 TEST(CudaRunner, RefusesContextThatDoesNotFit) {
