@@ -1,8 +1,8 @@
 // Split-K decode attention. See attention_decode.cuh.
 //
-// Kernel 1: block (split, kv head, sequence), 128 threads. Keys of its split in tiles of 64,
-// double-buffered in shared memory by cp.async (rows padded by 16 bytes: conflict-free 16-byte
-// reads along a row). For each tile: scores of the G queries (one (query, key) dot product per
+// Kernel 1: block (split, kv head, sequence), 128 threads. Keys of its split in tiles of 64, in
+// a ring of kScalarStages shared buffers filled by cp.async (rows padded by 16 bytes:
+// conflict-free 16-byte reads along a row). For each tile: scores of the G queries (one (query, key) dot product per
 // thread and step, or per thread pair when G = 1), online softmax per query in fp32, O += P V
 // with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
 // log-sum-exp of its split. Groups of 2..16 queries per K/V head (GQA) run DecodeSplitMmaKernel
@@ -33,7 +33,13 @@ constexpr int kThreads = 128;
 
 // Dynamic shared memory of a split block: the K/V tiles (two buffers each) or, after the key
 // loop, the merge's split weights and sums; then Q, O, P and the softmax state.
-inline size_t TileSmemBytes(int D, size_t elem) { return 4 * kTile * (D + 8) * elem; }
+// K/V tiles per split block: a ring of kStages buffers, loads issued kStages - 1 tiles ahead.
+// Measured on an H200 (docs/benchmarks.md, session 7): 3 stages (2 blocks per SM) made the
+// tensor-core kernel's decode step 0.9-2.1% faster and the scalar kernel's 1.3-3% slower than 2
+// (3 blocks per SM).
+constexpr int kScalarStages = 2;
+constexpr int kMmaStages = 3;
+inline size_t TileSmemBytes(int D, size_t elem) { return 2 * kScalarStages * kTile * (D + 8) * elem; }
 inline size_t MergeSmemBytes(int G, int splits) { return (static_cast<size_t>(G) * splits + G) * sizeof(float); }
 inline size_t StateSmemBytes(int G, int D) {
   return (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
@@ -143,12 +149,14 @@ __device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, i
   return s;
 }
 
-// How many of the split's first tiles are loaded before PdlWait: up to kEarlyTiles (at most 2,
-// the two buffers) of those that hold only keys of earlier steps, written before this step began
+// How many of the split's first tiles are loaded before PdlWait: up to kEarlyTiles (fewer than
+// the stages) of those that hold only keys of earlier steps, written before this step began
 // (the newest, at len - 1, is appended by this kernel or by the RopeAppend kernel just before
 // it). The split's range and the K/V tables come from the step's host-written table. One tile:
 // a decode step 0.7-2.5% faster on an H200; two: no faster (docs/benchmarks.md, session 7).
 constexpr int kEarlyTiles = 1;
+static_assert(kEarlyTiles <= kScalarStages - 1 && kEarlyTiles <= kMmaStages - 1,
+              "the loops load kStages - 1 tiles ahead");
 __device__ __forceinline__ int EarlyTiles(const SplitKeys& s) {
   int t = 0;
   while (t < kEarlyTiles && s.a + t * kTile < s.e && min(s.e, s.a + (t + 1) * kTile) <= s.len - 1) ++t;
@@ -188,9 +196,9 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const int G = p.Hq / p.Hkv;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);          // [2][kTile][kRow]
-  T* sV = sK + 2 * kTile * kRow;                   // [2][kTile][kRow]
-  float* sQ = reinterpret_cast<float*>(sV + 2 * kTile * kRow);  // [G][D]
+  T* sK = reinterpret_cast<T*>(smem_raw);          // [kScalarStages][kTile][kRow]
+  T* sV = sK + kScalarStages * kTile * kRow;       // [kScalarStages][kTile][kRow]
+  float* sQ = reinterpret_cast<float*>(sV + kScalarStages * kTile * kRow);  // [G][D]
   float* sO = sQ + G * D;                          // [G][D]
   float* sP = sO + G * D;                          // [G][kTile]
   float* sM = sP + G * kTile;                      // [G] running max
@@ -233,22 +241,19 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
     sL[g] = 0.f;
   }
   const int ntiles = (e - a + kTile - 1) / kTile;
-  if (pre == 0) {
-    load(a, 0);
+  // Tiles [pre, kScalarStages - 1): one commit group each (empty past the last tile), so that
+  // before iteration it the groups of tiles it .. it + kScalarStages - 2 are the newest.
+  for (int t = pre; t < kScalarStages - 1; ++t) {
+    if (t < ntiles) load(a + t * kTile, t);
     CpAsyncCommit();
   }
   const float scale_log2 = p.scale * 1.4426950408889634f;
   for (int it = 0; it < ntiles; ++it) {
-    const int buf = it & 1, j0 = a + it * kTile;
-    if (it + 1 < ntiles) {
-      if (it + 1 >= pre) {  // else loaded before PdlWait
-        load(j0 + kTile, buf ^ 1);
-        CpAsyncCommit();
-      }
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
+    const int buf = it % kScalarStages, j0 = a + it * kTile;
+    const int ahead = it + kScalarStages - 1;  // into the buffer read in iteration it - 1
+    if (ahead < ntiles) load(a + ahead * kTile, ahead % kScalarStages);
+    CpAsyncCommit();
+    CpAsyncWait<kScalarStages - 1>();  // tile it has landed
     __syncthreads();
     const T* tk = sK + buf * kTile * kRow;
     const T* tv = sV + buf * kTile * kRow;
@@ -329,12 +334,14 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
 // of one 16-row m-tile (rows G..15 zero), so every K/V element read from shared memory serves all
 // G queries through mma.sync instead of G scalar products. Same block, grid, split ranges, fused
 // rotary and outputs (o_part / lse_part, then MergeIfLast) as DecodeSplitKernel. K/V tiles of 64
-// keys, double-buffered by cp.async, row-major with Swz's XOR swizzle (no padding). Warp w owns
-// keys [16w, 16w + 16) of every tile with its own online softmax (S = Q K^T: 16 x 16 per warp in
+// keys in a ring of kMmaStages buffers filled by cp.async, row-major with Swz's XOR swizzle (no
+// padding). Warp w owns keys [16w, 16w + 16) of every tile with its own online softmax (S = Q K^T: 16 x 16 per warp in
 // fp32; P rounded to T for O += P V, as the prefill kernel does); at the end of the split the 4
 // warps' (max, sum, O) merge through shared memory.
 template <int D>
-__host__ __device__ constexpr size_t MmaTileSmemBytes(size_t elem) { return 4 * static_cast<size_t>(kTile) * D * elem; }
+__host__ __device__ constexpr size_t MmaTileSmemBytes(size_t elem) {
+  return 2 * kMmaStages * static_cast<size_t>(kTile) * D * elem;
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParams p) {
@@ -345,8 +352,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;  // mma fragment coordinates: rows g and g + 8
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);  // [2][kTile][D], swizzled
-  T* sV = sK + 2 * kTile * D;              // [2][kTile][D], swizzled
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [kMmaStages][kTile][D], swizzled
+  T* sV = sK + kMmaStages * kTile * D;     // [kMmaStages][kTile][D], swizzled
   float* sQ = reinterpret_cast<float*>(smem_raw + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D]
 
   const SplitKeys split = SplitOf(p, b, hk, sp);
@@ -371,8 +378,10 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   }
   LoadQueries<T, D>(p, b, hk, split, sQ);
   const int ntiles = (e - a + kTile - 1) / kTile;
-  if (pre == 0) {
-    load(a, 0);
+  // Tiles [pre, kMmaStages - 1): one commit group each (empty past the last tile), so that
+  // before iteration it the groups of tiles it .. it + kMmaStages - 2 are the newest.
+  for (int t = pre; t < kMmaStages - 1; ++t) {
+    if (t < ntiles) load(a + t * kTile, t);
     CpAsyncCommit();
   }
 
@@ -393,16 +402,11 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const float scale_log2 = p.scale * 1.4426950408889634f;
 
   for (int it = 0; it < ntiles; ++it) {
-    const int buf = it & 1, j0 = a + it * kTile;
-    if (it + 1 < ntiles) {
-      if (it + 1 >= pre) {  // else loaded before PdlWait
-        load(j0 + kTile, buf ^ 1);
-        CpAsyncCommit();
-      }
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
+    const int buf = it % kMmaStages, j0 = a + it * kTile;
+    const int ahead = it + kMmaStages - 1;  // into the buffer read in iteration it - 1
+    if (ahead < ntiles) load(a + ahead * kTile, ahead % kMmaStages);
+    CpAsyncCommit();
+    CpAsyncWait<kMmaStages - 1>();  // tile it has landed
     __syncthreads();
     const T* tk = sK + buf * kTile * D;
     const T* tv = sV + buf * kTile * D;

@@ -31,7 +31,12 @@ std::string Calibration::ToString() const {
 
 absl::StatusOr<Calibration> CalibrateCompute(ModelRunner& runner, const LayerShape& shape, DeviceCosts base,
                                              int max_tokens, std::vector<CalibrationChunk> chunks,
-                                             const std::function<void(int, int)>& progress) {
+                                             const std::function<void(int, int)>& progress,
+                                             const std::function<double()>& seconds_now) {
+  const SteadyClock::time_point epoch = SteadyClock::now();
+  auto now = [&] {
+    return seconds_now ? seconds_now() : std::chrono::duration<double>(SteadyClock::now() - epoch).count();
+  };
   if (chunks.empty()) chunks = DefaultCalibrationChunks();
   chunks.erase(std::remove_if(chunks.begin(), chunks.end(),
                               [&](const CalibrationChunk& c) { return c.n < 1 || c.s + c.n > max_tokens; }),
@@ -50,14 +55,14 @@ absl::StatusOr<Calibration> CalibrateCompute(ModelRunner& runner, const LayerSha
     std::vector<double> runs;
     for (int rep = 0; rep < 4; ++rep) {
       KVR_RETURN_IF_ERROR(runner.Synchronize());
-      const auto t0 = SteadyClock::now();
+      const double t0 = now();
       KVR_ASSIGN_OR_RETURN(auto state, runner.BeginChunk(tokens, c.s, *cache));
       for (int l = 0; l < shape.num_layers; ++l) {
         KVR_RETURN_IF_ERROR(runner.LayerQkv(*state, l));
         KVR_RETURN_IF_ERROR(runner.LayerAttnMlp(*state, l));
       }
       KVR_RETURN_IF_ERROR(runner.Synchronize());
-      if (rep > 0) runs.push_back(SecondsSince(t0));
+      if (rep > 0) runs.push_back(now() - t0);
     }
     cal.points.push_back({c, Median(runs), 0});
     if (progress) progress(++done, static_cast<int>(chunks.size()));

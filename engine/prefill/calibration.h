@@ -43,9 +43,13 @@ struct Calibration {
 };
 
 // Runs on the calling thread, which must be allowed to use the runner's device. `progress`
-// (optional) is called after each chunk with (done, total).
+// (optional) is called after each chunk with (done, total). `seconds_now` (optional) is the
+// clock the chunks are timed with, in seconds: the steady clock unless a test supplies one (a
+// fake runner then advances it by exactly the time it models, so that the fit is checked
+// independently of how busy the test machine is).
 absl::StatusOr<Calibration> CalibrateCompute(ModelRunner& runner, const LayerShape& shape, DeviceCosts base,
                                              int max_tokens, std::vector<CalibrationChunk> chunks = {},
-                                             const std::function<void(int, int)>& progress = nullptr);
+                                             const std::function<void(int, int)>& progress = nullptr,
+                                             const std::function<double()>& seconds_now = nullptr);
 
 }  // namespace kvr
