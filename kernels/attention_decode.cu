@@ -34,11 +34,12 @@ constexpr int kThreads = 128;
 // Dynamic shared memory of a split block: the K/V tiles (two buffers each) or, after the key
 // loop, the merge's split weights and sums; then Q, O, P and the softmax state.
 // K/V tiles per split block: a ring of kStages buffers, loads issued kStages - 1 tiles ahead.
-// Measured on an H200 (docs/benchmarks.md, session 7): 3 stages (2 blocks per SM) made the
-// tensor-core kernel's decode step 0.9-2.1% faster and the scalar kernel's 1.3-3% slower than 2
-// (3 blocks per SM).
+// Measured on an H200 (docs/benchmarks.md, session 7), Llama-3-8B decode steps: the tensor-core
+// kernel with 4 stages (one 128 KB block per SM) is 3-4% faster than with 3 (two blocks per SM)
+// and that 1-2% faster than 2 (three); 5 as fast as 4, 6 slower. The scalar kernel, whose tiles
+// cost more arithmetic, is fastest with 2 (three blocks per SM): 3, 4 and 6 were 1-27% slower.
 constexpr int kScalarStages = 2;
-constexpr int kMmaStages = 3;
+constexpr int kMmaStages = 4;
 inline size_t TileSmemBytes(int D, size_t elem) { return 2 * kScalarStages * kTile * (D + 8) * elem; }
 inline size_t MergeSmemBytes(int G, int splits) { return (static_cast<size_t>(G) * splits + G) * sizeof(float); }
 inline size_t StateSmemBytes(int G, int D) {
@@ -149,17 +150,19 @@ __device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, i
   return s;
 }
 
-// How many of the split's first tiles are loaded before PdlWait: up to kEarlyTiles (fewer than
-// the stages) of those that hold only keys of earlier steps, written before this step began
+// How many of the split's first tiles are loaded before PdlWait: up to `most` (fewer than the
+// kernel's stages) of those that hold only keys of earlier steps, written before this step began
 // (the newest, at len - 1, is appended by this kernel or by the RopeAppend kernel just before
 // it). The split's range and the K/V tables come from the step's host-written table. One tile:
-// a decode step 0.7-2.5% faster on an H200; two: no faster (docs/benchmarks.md, session 7).
-constexpr int kEarlyTiles = 1;
-static_assert(kEarlyTiles <= kScalarStages - 1 && kEarlyTiles <= kMmaStages - 1,
+// a decode step 0.7-2.5% faster on an H200; two, with two stages: no faster (docs/benchmarks.md,
+// session 7).
+constexpr int kScalarEarlyTiles = 1;
+constexpr int kMmaEarlyTiles = 1;
+static_assert(kScalarEarlyTiles <= kScalarStages - 1 && kMmaEarlyTiles <= kMmaStages - 1,
               "the loops load kStages - 1 tiles ahead");
-__device__ __forceinline__ int EarlyTiles(const SplitKeys& s) {
+__device__ __forceinline__ int EarlyTiles(const SplitKeys& s, int most) {
   int t = 0;
-  while (t < kEarlyTiles && s.a + t * kTile < s.e && min(s.e, s.a + (t + 1) * kTile) <= s.len - 1) ++t;
+  while (t < most && s.a + t * kTile < s.e && min(s.e, s.a + (t + 1) * kTile) <= s.len - 1) ++t;
   return t;
 }
 
@@ -223,7 +226,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       CpAsync16(dv + r * kRow + col, gv + off, ok ? 16 : 0);
     }
   };
-  const int pre = EarlyTiles(split);
+  const int pre = EarlyTiles(split, kScalarEarlyTiles);
   for (int t = 0; t < pre; ++t) {
     load(a + t * kTile, t);
     CpAsyncCommit();
@@ -365,7 +368,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   auto load = [&](int j0, int buf) {
     CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, gk, gv, j0, e, stride);
   };
-  const int pre = EarlyTiles(split);
+  const int pre = EarlyTiles(split, kMmaEarlyTiles);
   for (int t = 0; t < pre; ++t) {
     load(a + t * kTile, t);
     CpAsyncCommit();
@@ -542,7 +545,8 @@ __global__ void DecodeCombineKernel(DecodeAttnParams p) {
 
 // The tensor-core kernel takes groups of 2..16 queries (KVR_DECODE_MMA=0, a benchmark knob, keeps
 // every group on the scalar kernel). Single queries stay scalar: on an H100 the tensor-core
-// kernel gave Llama-2-7B's decode steps no gain (docs/benchmarks.md, session 6).
+// kernel gave Llama-2-7B's decode steps no gain (docs/benchmarks.md, session 6); with four
+// stages on an H200, 1.3% faster at 4k and 1.8% slower at 32k (session 7).
 bool UseMma(int G) {
   static const bool allowed = [] {
     const char* env = std::getenv("KVR_DECODE_MMA");
