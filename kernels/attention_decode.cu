@@ -191,6 +191,46 @@ __device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, const Spli
   __syncthreads();
 }
 
+// The start of a split block, shared by both kernels. Loads the split's early tiles (EarlyTiles,
+// up to `most`), waits for the kernel before (PdlWait), finishes an empty split (false), rotates
+// and loads the queries into sQ, and starts the tiles up to kStages - 2 (the ring's prologue: one
+// commit group per tile, empty past the last, so that NextTile's wait count holds). `load(j0,
+// buf)` copies the tile at key j0 into buffer buf by cp.async.
+template <typename T, int D, int kStages, typename Load>
+__device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& split,
+                           int most, const Load& load, float* sQ, unsigned char* smem_raw) {
+  const int pre = EarlyTiles(split, most);
+  for (int t = 0; t < pre; ++t) {
+    load(split.a + t * kTile, t);
+    CpAsyncCommit();
+  }
+  PdlWait();
+  PdlTrigger();
+  if (split.a >= split.e) {
+    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
+    return false;
+  }
+  LoadQueries<T, D>(p, b, hk, split, sQ);
+  const int ntiles = (split.e - split.a + kTile - 1) / kTile;
+  for (int t = pre; t < kStages - 1; ++t) {
+    if (t < ntiles) load(split.a + t * kTile, t);
+    CpAsyncCommit();
+  }
+  return true;
+}
+
+// Iteration `it` of a split's tile loop: starts the tile kStages - 1 ahead (into the buffer read in
+// iteration it - 1, free since that iteration's closing barrier), waits until tile it has
+// landed, then a block barrier.
+template <int kStages, typename Load>
+__device__ __forceinline__ void NextTile(int it, int ntiles, int a, const Load& load) {
+  const int ahead = it + kStages - 1;
+  if (ahead < ntiles) load(a + ahead * kTile, ahead % kStages);
+  CpAsyncCommit();
+  CpAsyncWait<kStages - 1>();
+  __syncthreads();
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p) {
   constexpr int kRow = D + 8;  // padded row (elements)
@@ -226,38 +266,17 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       CpAsync16(dv + r * kRow + col, gv + off, ok ? 16 : 0);
     }
   };
-  const int pre = EarlyTiles(split, kScalarEarlyTiles);
-  for (int t = 0; t < pre; ++t) {
-    load(a + t * kTile, t);
-    CpAsyncCommit();
-  }
-  PdlWait();
-  PdlTrigger();
-  if (a >= e) {
-    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
-    return;
-  }
-  LoadQueries<T, D>(p, b, hk, split, sQ);
+  if (!StartSplit<T, D, kScalarStages>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw)) return;
   for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
     sM[g] = -INFINITY;
     sL[g] = 0.f;
   }
   const int ntiles = (e - a + kTile - 1) / kTile;
-  // Tiles [pre, kScalarStages - 1): one commit group each (empty past the last tile), so that
-  // before iteration it the groups of tiles it .. it + kScalarStages - 2 are the newest.
-  for (int t = pre; t < kScalarStages - 1; ++t) {
-    if (t < ntiles) load(a + t * kTile, t);
-    CpAsyncCommit();
-  }
   const float scale_log2 = p.scale * 1.4426950408889634f;
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it % kScalarStages, j0 = a + it * kTile;
-    const int ahead = it + kScalarStages - 1;  // into the buffer read in iteration it - 1
-    if (ahead < ntiles) load(a + ahead * kTile, ahead % kScalarStages);
-    CpAsyncCommit();
-    CpAsyncWait<kScalarStages - 1>();  // tile it has landed
-    __syncthreads();
+    NextTile<kScalarStages>(it, ntiles, a, load);
     const T* tk = sK + buf * kTile * kRow;
     const T* tv = sV + buf * kTile * kRow;
     // Scores: pair (g, j) -> sP[g][j] (scaled, log2 units; -inf past the end). With one query
@@ -368,25 +387,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   auto load = [&](int j0, int buf) {
     CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, gk, gv, j0, e, stride);
   };
-  const int pre = EarlyTiles(split, kMmaEarlyTiles);
-  for (int t = 0; t < pre; ++t) {
-    load(a + t * kTile, t);
-    CpAsyncCommit();
-  }
-  PdlWait();
-  PdlTrigger();
-  if (a >= e) {
-    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
-    return;
-  }
-  LoadQueries<T, D>(p, b, hk, split, sQ);
+  if (!StartSplit<T, D, kMmaStages>(p, b, hk, split, kMmaEarlyTiles, load, sQ, smem_raw)) return;
   const int ntiles = (e - a + kTile - 1) / kTile;
-  // Tiles [pre, kMmaStages - 1): one commit group each (empty past the last tile), so that
-  // before iteration it the groups of tiles it .. it + kMmaStages - 2 are the newest.
-  for (int t = pre; t < kMmaStages - 1; ++t) {
-    if (t < ntiles) load(a + t * kTile, t);
-    CpAsyncCommit();
-  }
 
   // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
   uint32_t qf[D / 16][4];
@@ -406,11 +408,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
 
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it % kMmaStages, j0 = a + it * kTile;
-    const int ahead = it + kMmaStages - 1;  // into the buffer read in iteration it - 1
-    if (ahead < ntiles) load(a + ahead * kTile, ahead % kMmaStages);
-    CpAsyncCommit();
-    CpAsyncWait<kMmaStages - 1>();  // tile it has landed
-    __syncthreads();
+    NextTile<kMmaStages>(it, ntiles, a, load);
     const T* tk = sK + buf * kTile * D;
     const T* tv = sV + buf * kTile * D;
     // S = Q K^T over this warp's 16 keys: two 8-key n-tiles.
