@@ -2,8 +2,9 @@
 //
 // Kernel 1: block (split, kv head, sequence), 128 threads. Keys of its split in tiles of 64, in
 // a ring of kScalarStages shared buffers filled by cp.async (rows padded by 16 bytes:
-// conflict-free 16-byte reads along a row). For each tile: scores of the G queries (one (query, key) dot product per
-// thread and step, or per thread pair when G = 1), online softmax per query in fp32, O += P V
+// conflict-free 16-byte reads along a row). For each tile: scores of the G queries (one (query,
+// key) dot product per thread and step, or per thread pair when G = 1), online softmax per query
+// in fp32, O += P V
 // with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
 // log-sum-exp of its split. Groups of 2..16 queries per K/V head (GQA) run DecodeSplitMmaKernel
 // instead: the same split blocks on mma.sync tensor cores, the G queries as rows of one m-tile
@@ -31,8 +32,6 @@ namespace {
 constexpr int kTile = 64;
 constexpr int kThreads = 128;
 
-// Dynamic shared memory of a split block: the K/V tiles (two buffers each) or, after the key
-// loop, the merge's split weights and sums; then Q, O, P and the softmax state.
 // K/V tiles per split block: a ring of kStages buffers, loads issued kStages - 1 tiles ahead.
 // Measured on an H200 (docs/benchmarks.md, session 7), Llama-3-8B decode steps: the tensor-core
 // kernel with 4 stages (one 128 KB block per SM) is 3-4% faster than with 3 (two blocks per SM)
@@ -40,7 +39,12 @@ constexpr int kThreads = 128;
 // cost more arithmetic, is fastest with 2 (three blocks per SM): 3, 4 and 6 were 1-27% slower.
 constexpr int kScalarStages = 2;
 constexpr int kMmaStages = 4;
-inline size_t TileSmemBytes(int D, size_t elem) { return 2 * kScalarStages * kTile * (D + 8) * elem; }
+
+// Dynamic shared memory of a scalar split block: the K/V tiles (kScalarStages buffers each) or,
+// after the key loop, the merge's split weights and sums; then Q, O, P and the softmax state.
+inline size_t TileSmemBytes(int D, size_t elem) {
+  return 2 * kScalarStages * kTile * (D + 8) * elem;
+}
 inline size_t MergeSmemBytes(int G, int splits) { return (static_cast<size_t>(G) * splits + G) * sizeof(float); }
 inline size_t StateSmemBytes(int G, int D) {
   return (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
@@ -219,8 +223,8 @@ __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const Split
   return true;
 }
 
-// Iteration `it` of a split's tile loop: starts the tile kStages - 1 ahead (into the buffer read in
-// iteration it - 1, free since that iteration's closing barrier), waits until tile it has
+// Iteration `it` of a split's tile loop: starts the tile kStages - 1 ahead (into the buffer read
+// in iteration it - 1, free since that iteration's closing barrier), waits until tile it has
 // landed, then a block barrier.
 template <int kStages, typename Load>
 __device__ __forceinline__ void NextTile(int it, int ntiles, int a, const Load& load) {
@@ -266,7 +270,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       CpAsync16(dv + r * kRow + col, gv + off, ok ? 16 : 0);
     }
   };
-  if (!StartSplit<T, D, kScalarStages>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw)) return;
+  if (!StartSplit<T, D, kScalarStages>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
+    return;
   for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
     sM[g] = -INFINITY;
@@ -357,9 +362,9 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
 // G queries through mma.sync instead of G scalar products. Same block, grid, split ranges, fused
 // rotary and outputs (o_part / lse_part, then MergeIfLast) as DecodeSplitKernel. K/V tiles of 64
 // keys in a ring of kMmaStages buffers filled by cp.async, row-major with Swz's XOR swizzle (no
-// padding). Warp w owns keys [16w, 16w + 16) of every tile with its own online softmax (S = Q K^T: 16 x 16 per warp in
-// fp32; P rounded to T for O += P V, as the prefill kernel does); at the end of the split the 4
-// warps' (max, sum, O) merge through shared memory.
+// padding). Warp w owns keys [16w, 16w + 16) of every tile with its own online softmax (S = Q K^T:
+// 16 x 16 per warp in fp32; P rounded to T for O += P V, as the prefill kernel does); at the end of
+// the split the 4 warps' (max, sum, O) merge through shared memory.
 template <int D>
 __host__ __device__ constexpr size_t MmaTileSmemBytes(size_t elem) {
   return 2 * kMmaStages * static_cast<size_t>(kTile) * D * elem;

@@ -35,7 +35,8 @@ absl::StatusOr<Calibration> CalibrateCompute(ModelRunner& runner, const LayerSha
                                              const std::function<double()>& seconds_now) {
   const SteadyClock::time_point epoch = SteadyClock::now();
   auto now = [&] {
-    return seconds_now ? seconds_now() : std::chrono::duration<double>(SteadyClock::now() - epoch).count();
+    if (seconds_now) return seconds_now();
+    return std::chrono::duration<double>(SteadyClock::now() - epoch).count();
   };
   if (chunks.empty()) chunks = DefaultCalibrationChunks();
   chunks.erase(std::remove_if(chunks.begin(), chunks.end(),
