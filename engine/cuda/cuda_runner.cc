@@ -472,14 +472,14 @@ class CudaRunner : public ModelRunner {
     // that a request of a size seen before allocates without the driver mapping memory (a
     // cudaMalloc and cudaFree per request cost milliseconds, and cudaFree waits for the device;
     // growing the pool by a 16k-token request's cache costs 10-20 ms, docs/benchmarks.md). What
-    // the pool holds beyond its live allocations plus this request, and beyond the largest
-    // request (cache + workspace) seen so far, goes back to the device first, where cuBLAS,
-    // cuDNN and NCCL allocate. Keeping the largest request's share means that a long prompt after
-    // short ones does not pay for mapping its memory again.
+    // the pool holds beyond its live allocations plus this request, and beyond the most it has
+    // had to hold at once so far (caches + workspaces), goes back to the device first, where
+    // cuBLAS, cuDNN and NCCL allocate. Keeping that peak means that long prompts after short ones
+    // do not pay for mapping their memory again.
     auto* pool = static_cast<cudaMemPool_t>(pool_);
     uint64_t used = 0, reserved = 0;
     KVR_CU(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
-    KVR_CU(cudaMemPoolTrimTo(pool, std::max<uint64_t>(used + bytes + chunk, largest_request_)));
+    KVR_CU(cudaMemPoolTrimTo(pool, std::max<uint64_t>(used + bytes + chunk, pool_peak_)));
     KVR_CU(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
     size_t free_b = 0, total_b = 0;
     KVR_CU(cudaMemGetInfo(&free_b, &total_b));
@@ -506,7 +506,7 @@ class CudaRunner : public ModelRunner {
       cudaFreeAsync(mem, stream_);
       return CudaStatus(e, zero ? "KV-cache zeroing" : "KV-cache allocation");
     }
-    largest_request_ = std::max<uint64_t>(largest_request_, bytes + chunk);
+    pool_peak_ = std::max<uint64_t>(pool_peak_, used + bytes + chunk);
     return std::unique_ptr<KvCache>(
         new CudaKvCache(this, device_, stream_, capacity, cfg_.num_layers, bpt, mem, zero));
   }
@@ -982,7 +982,7 @@ class CudaRunner : public ModelRunner {
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
   void* pool_ = nullptr;
-  uint64_t largest_request_ = 0;  // bytes of the largest KV-cache + chunk workspace (NewKvCache)
+  uint64_t pool_peak_ = 0;  // most pool bytes a NewKvCache has needed: live + new cache + workspace
   std::unique_ptr<K::Gemm> gemm_;
   K::AttnImpl attn_impl_ = K::AttnImpl::kMma;
   std::unique_ptr<K::CudnnAttention> cudnn_attn_;  // null unless attn_impl is cudnn or auto
