@@ -136,10 +136,11 @@ __device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool a
 }
 
 // The keys [a, e) of split sp of sequence b (its tiles spread evenly over the splits; only the
-// last `window` keys when set), and pidx: the index of (sequence b, head hk*G, split sp) in
-// lse_part (head hk*G + g adds g * splits; o_part rows likewise, times D).
+// last `window` keys when set), in `tiles` tiles of kTile (0: an empty split), and pidx: the
+// index of (sequence b, head hk*G, split sp) in lse_part (head hk*G + g adds g * splits; o_part
+// rows likewise, times D).
 struct SplitKeys {
-  int len, a, e;
+  int len, a, e, tiles;
   size_t pidx;
 };
 __device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, int hk, int sp) {
@@ -150,8 +151,22 @@ __device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, i
   const int tiles_per = (tiles_all + p.splits - 1) / p.splits;
   s.a = lo + sp * tiles_per * kTile;
   s.e = min(s.len, s.a + tiles_per * kTile);
+  s.tiles = s.a < s.e ? (s.e - s.a + kTile - 1) / kTile : 0;
   s.pidx = (static_cast<size_t>(b) * p.Hq + hk * (p.Hq / p.Hkv)) * p.splits + sp;
   return s;
+}
+
+// Where K/V head hk of sequence b starts in its cache: key j of the head at k + j * stride
+// (token-major rows of Hkv * D elements), the value likewise.
+template <typename T>
+struct KvHead {
+  const T *k, *v;
+  size_t stride;
+};
+template <typename T, int D>
+__device__ __forceinline__ KvHead<T> KvHeadOf(const DecodeAttnParams& p, int b, int hk) {
+  return {static_cast<const T*>(p.k_table[b]) + hk * D, static_cast<const T*>(p.v_table[b]) + hk * D,
+          static_cast<size_t>(p.Hkv) * D};
 }
 
 // How many of the split's first tiles are loaded before PdlWait: up to `most` (fewer than the
@@ -210,14 +225,13 @@ __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const Split
   }
   PdlWait();
   PdlTrigger();
-  if (split.a >= split.e) {
+  if (split.tiles == 0) {
     FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
     return false;
   }
   LoadQueries<T, D>(p, b, hk, split, sQ);
-  const int ntiles = (split.e - split.a + kTile - 1) / kTile;
   for (int t = pre; t < kStages - 1; ++t) {
-    if (t < ntiles) load(split.a + t * kTile, t);
+    if (t < split.tiles) load(split.a + t * kTile, t);
     CpAsyncCommit();
   }
   return true;
@@ -255,9 +269,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const SplitKeys split = SplitOf(p, b, hk, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
-  const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
-  const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
-  const size_t stride = static_cast<size_t>(p.Hkv) * D;
+  const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   auto load = [&](int j0, int buf) {
     T* dk = sK + buf * kTile * kRow;
     T* dv = sV + buf * kTile * kRow;
@@ -265,9 +277,9 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       const int r = c / kChunks, col = (c % kChunks) * 8;
       const int j = j0 + r;
       const bool ok = j < e;
-      const size_t off = ok ? static_cast<size_t>(j) * stride + col : 0;
-      CpAsync16(dk + r * kRow + col, gk + off, ok ? 16 : 0);
-      CpAsync16(dv + r * kRow + col, gv + off, ok ? 16 : 0);
+      const size_t off = ok ? static_cast<size_t>(j) * kv.stride + col : 0;
+      CpAsync16(dk + r * kRow + col, kv.k + off, ok ? 16 : 0);
+      CpAsync16(dv + r * kRow + col, kv.v + off, ok ? 16 : 0);
     }
   };
   if (!StartSplit<T, D, kScalarStages>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
@@ -277,7 +289,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
     sM[g] = -INFINITY;
     sL[g] = 0.f;
   }
-  const int ntiles = (e - a + kTile - 1) / kTile;
+  const int ntiles = split.tiles;
   const float scale_log2 = p.scale * 1.4426950408889634f;
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it % kScalarStages, j0 = a + it * kTile;
@@ -386,14 +398,13 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const SplitKeys split = SplitOf(p, b, hk, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
-  const T* gk = static_cast<const T*>(p.k_table[b]) + hk * D;
-  const T* gv = static_cast<const T*>(p.v_table[b]) + hk * D;
-  const size_t stride = static_cast<size_t>(p.Hkv) * D;
+  const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   auto load = [&](int j0, int buf) {
-    CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, gk, gv, j0, e, stride);
+    CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, kv.k, kv.v, j0, e,
+                                          kv.stride);
   };
   if (!StartSplit<T, D, kMmaStages>(p, b, hk, split, kMmaEarlyTiles, load, sQ, smem_raw)) return;
-  const int ntiles = (e - a + kTile - 1) / kTile;
+  const int ntiles = split.tiles;
 
   // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
   uint32_t qf[D / 16][4];
