@@ -15,7 +15,7 @@ B=${1:-build}
 D=.carry/dev
 rm -rf "$D"; mkdir -p "$D/bin" "$D/lib/kvr" "$D/tok"
 progs=(tools/kvr-bench tools/kvr_cuda_bench tools/kvr_cuda_check tests/cuda/cuda_kernels_test
-       tests/cuda/cuda_runner_test tests/cuda/cuda_nccl_chain_test tests/cuda/cuda_tensor_parallel_test
+       tests/cuda/cuda_runner_test tests/cuda/cuda_nccl_chain_test tests/cuda/cuda_tensor_parallel_test tools/kvr-sampler-bench
        engine/tokenizer/kvr-tokenize engine/tokenizer/kvr-tokenizer-bench server/kvrd server/kvr-load
        tools/kvr-generate)
 for p in "${progs[@]}"; do

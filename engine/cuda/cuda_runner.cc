@@ -17,8 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "engine/cuda/tensor_parallel.h"
 #include "engine/util/log.h"
 #include "engine/util/status_macros.h"
@@ -165,7 +167,8 @@ class CudaRunner : public ModelRunner {
   CudaRunner(const ModelConfig& cfg, int device, const CudaRunnerOptions& opt)
       : cfg_(cfg), device_(device), opt_(opt),
         dt_(opt.dtype == DType::kF16 ? K::DType::kF16 : K::DType::kBF16),
-        fuse_decode_(FuseDecodeFromEnv()) {}
+        fuse_decode_(FuseDecodeFromEnv()),
+        skip_(DecodeSkipFromEnv()) {}
 
   ~CudaRunner() override {
     cudaSetDevice(device_);
@@ -774,11 +777,14 @@ class CudaRunner : public ModelRunner {
     return CudaStatus(K::RmsNorm(dt_, x, w, cfg_.norm_eps, n, cfg_.hidden_size, out, stream_), "rmsnorm");
   }
 
+  // Whether a decode step leaves out kernels of this kind (KVR_DECODE_SKIP; never in prefill).
+  bool Skip(const char* kind) const { return in_decode_ && skip_.contains(kind); }
+
   // h = norm(x); qkv = h Wqkv^T (+b).
   absl::Status QkvProject(const DevLayer& w, int n, const float* x, void* h, void* qkv) {
     const int C = cfg_.hidden_size, E = cfg_.qkv_dim();
-    KVR_RETURN_IF_ERROR(Norm(x, w.attn_norm_w, w.attn_norm_b, n, h));
-    KVR_BLAS(gemm_->Linear(dt_, h, w.wqkv, n, C, E, qkv, K::GemmOut::kSame, 0.f, stream_));
+    if (!Skip("norm")) KVR_RETURN_IF_ERROR(Norm(x, w.attn_norm_w, w.attn_norm_b, n, h));
+    if (!Skip("qkv")) KVR_BLAS(gemm_->Linear(dt_, h, w.wqkv, n, C, E, qkv, K::GemmOut::kSame, 0.f, stream_));
     if (w.bqkv) KVR_CU(K::AddBias(dt_, qkv, w.bqkv, n, E, stream_));
     return absl::OkStatus();
   }
@@ -808,14 +814,14 @@ class CudaRunner : public ModelRunner {
       KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, part, K::GemmOut::kSame, 0.f, stream_));
       KVR_RETURN_IF_ERROR(AllReduceAdd(part, n, x));
     } else {
-      KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, x, K::GemmOut::kF32, 1.f, stream_));
+      if (!Skip("o")) KVR_BLAS(gemm_->Linear(dt_, attn, w.wo, n, QD, C, x, K::GemmOut::kF32, 1.f, stream_));
     }
     if (w.bo) KVR_CU(K::AddBiasF32(dt_, x, w.bo, n, C, stream_));
-    if (!cfg_.parallel_attn_mlp) KVR_RETURN_IF_ERROR(Norm(x, w.mlp_norm_w, w.mlp_norm_b, n, h));
-    KVR_BLAS(gemm_->Linear(dt_, h, w.w_up, n, C, U(), up, K::GemmOut::kSame, 0.f, stream_));
+    if (!cfg_.parallel_attn_mlp && !Skip("norm")) KVR_RETURN_IF_ERROR(Norm(x, w.mlp_norm_w, w.mlp_norm_b, n, h));
+    if (!Skip("up")) KVR_BLAS(gemm_->Linear(dt_, h, w.w_up, n, C, U(), up, K::GemmOut::kSame, 0.f, stream_));
     if (w.b_up) KVR_CU(K::AddBias(dt_, up, w.b_up, n, U(), stream_));
     if (Silu()) {
-      KVR_CU(K::SiluGate(dt_, up, n, F, act, stream_));
+      if (!Skip("silu")) KVR_CU(K::SiluGate(dt_, up, n, F, act, stream_));
     } else {
       KVR_CU(K::GeluInPlace(dt_, up, n, F, stream_));
       act = up;
@@ -824,7 +830,7 @@ class CudaRunner : public ModelRunner {
       KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, part, K::GemmOut::kSame, 0.f, stream_));
       KVR_RETURN_IF_ERROR(AllReduceAdd(part, n, x));
     } else {
-      KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, x, K::GemmOut::kF32, 1.f, stream_));
+      if (!Skip("down")) KVR_BLAS(gemm_->Linear(dt_, act, w.w_down, n, F, C, x, K::GemmOut::kF32, 1.f, stream_));
     }
     if (w.b_down) KVR_CU(K::AddBiasF32(dt_, x, w.b_down, n, C, stream_));
     return absl::OkStatus();
@@ -925,8 +931,27 @@ class CudaRunner : public ModelRunner {
     return !(e != nullptr && e[0] == '0');
   }
 
+  // KVR_DECODE_SKIP=attn,qkv,o,up,down,norm,silu (a knob for measuring only): decode steps leave
+  // out the kernels of those kinds, so that the difference in ITL is what each kind costs inside
+  // the captured step (docs/benchmarks.md, session 8). The tokens are then wrong: says so.
+  static absl::flat_hash_set<std::string> DecodeSkipFromEnv() {
+    absl::flat_hash_set<std::string> kinds;
+    const char* e = std::getenv("KVR_DECODE_SKIP");
+    if (e == nullptr || *e == '\0') return kinds;
+    for (absl::string_view k : absl::StrSplit(e, ',', absl::SkipEmpty())) kinds.insert(std::string(k));
+    KVR_LOG(WARNING) << "KVR_DECODE_SKIP=" << e << ": decode steps leave out these kernels, for "
+                     << "timing only; every generated token is wrong";
+    return kinds;
+  }
+
   // One decode step for the B sequences described by the device tables.
   absl::Status DecodeStep(int B) {
+    in_decode_ = true;
+    absl::Status st = DecodeLayers(B);
+    in_decode_ = false;
+    return st;
+  }
+  absl::Status DecodeLayers(int B) {
     const int L = cfg_.num_layers, C = cfg_.hidden_size;
     auto* dids = reinterpret_cast<int32_t*>(dev_tab_);
     int32_t* dpos = dids + B;
@@ -966,7 +991,7 @@ class CudaRunner : public ModelRunner {
       ap.splits = splits;
       ap.window = cfg_.sliding_window;
       ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
-      KVR_CU(K::DecodeAttention(dt_, ap, stream_));
+      if (!Skip("attn")) KVR_CU(K::DecodeAttention(dt_, ap, stream_));
       KVR_RETURN_IF_ERROR(OutMlpBlock(w, B, dec_.x, dec_.h, dec_.attn, dec_.up, dec_.act, dec_.part));
     }
     return Head(B, dec_.x, dec_.h, dec_.logits);
@@ -999,7 +1024,9 @@ class CudaRunner : public ModelRunner {
   size_t decode_bytes_ = 0;
   int dec_cap_ = 0, dec_b_ = 0;
   DecodeBuffers dec_;
-  bool fuse_decode_;  // FuseDecodeFromEnv
+  bool fuse_decode_;                       // FuseDecodeFromEnv
+  absl::flat_hash_set<std::string> skip_;  // DecodeSkipFromEnv
+  bool in_decode_ = false;                 // inside DecodeStep: skip_ applies
   std::map<int, cudaGraphExec_t> graphs_;
   std::map<int, bool> warmed_;
 };

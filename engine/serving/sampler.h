@@ -59,11 +59,21 @@ class Sampler {
  private:
   void ApplyPenalties(std::vector<float>& x) const;
 
+  struct Cand {  // a token and its unnormalized probability
+    double p;
+    int32_t id;
+  };
+  // Steps 4-5 for top_k / top_p: the kept candidates of the (V) weights into cand_, sorted.
+  void TopCandidates(const std::vector<float>& w);
+  // Step 6 straight from the (V) weights when neither top_k nor top_p is set.
+  int32_t DrawInIdOrder(const std::vector<float>& w, double floor) const;
+
   SamplingParams params_;
   absl::flat_hash_set<int32_t> prompt_tokens_;
   absl::flat_hash_map<int32_t, int> output_counts_;
   int step_ = 0;
   std::vector<float> work_;  // (V) processed logits, reused between steps
+  std::vector<Cand> cand_;   // (<= V) candidates of a sampled step, reused between steps
 };
 
 }  // namespace kvr

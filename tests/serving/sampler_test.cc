@@ -1,6 +1,9 @@
 #include "engine/serving/sampler.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -79,6 +82,93 @@ TEST(SamplerTest, TopPKeepsTheSmallestPrefixWithTheMass) {
     }
     EXPECT_EQ(seen, expect) << "top_p " << top_p;
   }
+}
+
+// The sampler's steps 4-6 written the obvious way: double std::exp weights of every token, a
+// full sort in (probability desc, id asc) order, top_k, then the top_p prefix summed in that
+// order, min_p, and the walk with the same uniform draw. Returns the token and, through
+// `margin`, how far (as a fraction of the kept mass) the draw lies from the nearest boundary
+// between two tokens: the sampler computes its weights in float, so it may differ only there.
+int32_t ReferenceDraw(const std::vector<float>& logits, const SamplingParams& p, int step, double* margin) {
+  struct C {
+    double p;
+    int32_t id;
+  };
+  const int V = static_cast<int>(logits.size());
+  auto clean = [](float x) { return std::isnan(x) ? -std::numeric_limits<double>::infinity() : double{x}; };
+  double m = -std::numeric_limits<double>::infinity();
+  for (float x : logits) m = std::max(m, clean(x));
+  std::vector<C> c;
+  for (int i = 0; i < V; ++i) {
+    const double w = std::exp((clean(logits[i]) - m) / p.temperature);
+    if (w > 0) c.push_back({w, i});
+  }
+  auto before = [](const C& a, const C& b) { return a.p > b.p || (a.p == b.p && a.id < b.id); };
+  const bool ordered = p.top_k > 0 || p.top_p < 1;
+  if (ordered) std::sort(c.begin(), c.end(), before);
+  if (p.top_k > 0 && p.top_k < static_cast<int>(c.size())) c.resize(p.top_k);
+  if (p.top_p < 1) {
+    double total = 0, cum = 0;
+    for (const C& x : c) total += x.p;
+    size_t keep = 0;
+    while (keep < c.size() && cum < p.top_p * total) cum += c[keep++].p;
+    c.resize(keep);
+  }
+  std::erase_if(c, [&](const C& x) { return x.p < p.min_p; });  // the most likely weighs 1
+  double total = 0;
+  for (const C& x : c) total += x.p;
+  const double u = Sampler::Uniform(p.seed, step) * total;
+  double cum = 0;
+  for (const C& x : c) {
+    const double before_x = cum;
+    cum += x.p;
+    if (u < cum) {
+      *margin = std::min(u - before_x, cum - u) / total;
+      return x.id;
+    }
+  }
+  *margin = 0;
+  return c.back().id;
+}
+
+TEST(SamplerTest, LargeVocabulariesMatchAStraightforwardSampler) {
+  std::mt19937 rng(17);
+  int draws = 0, differ = 0;
+  for (int trial = 0; trial < 48; ++trial) {
+    const int V = trial % 2 ? 128256 : 32000;
+    std::vector<float> logits(V);
+    std::normal_distribution<float> bulk(0, trial % 3 == 0 ? 0.5f : 2.5f);
+    for (float& x : logits) x = bulk(rng);
+    if (trial % 3 == 2) {  // a language model's shape: a head of likely tokens over the bulk
+      std::uniform_real_distribution<float> head(6, 16);
+      for (int i = 0; i < 200; ++i) logits[(i * 7919 + trial) % V] = head(rng);
+    }
+    logits[trial] = std::numeric_limits<float>::quiet_NaN();  // never drawn
+    logits[trial + 1] = -std::numeric_limits<float>::infinity();
+    SamplingParams p;
+    p.seed = trial;
+    p.temperature = std::vector<float>{0.5f, 0.8f, 1.0f, 1.3f}[trial % 4];
+    switch (trial % 6) {
+      case 1: p.top_p = 0.9f; break;
+      case 2: p.top_k = 50; break;
+      case 3: p.top_k = 1000; p.top_p = 0.95f; break;
+      case 4: p.min_p = 0.05f; break;
+      case 5: p.top_p = 0.5f; p.min_p = 0.02f; break;
+      default: break;
+    }
+    Sampler s(p, {});
+    for (int step = 0; step < 8; ++step) {
+      double margin = 0;
+      const int32_t want = ReferenceDraw(logits, p, step, &margin);
+      const int32_t got = s.Sample(logits);
+      ++draws;
+      if (got == want) continue;
+      ++differ;
+      EXPECT_LT(margin, 1e-5) << "trial " << trial << " step " << step << ": " << got << " vs " << want;
+    }
+    EXPECT_NE(logits[trial], logits[trial]);  // (the NaN stayed in the input)
+  }
+  EXPECT_LE(differ, draws / 100) << differ << " of " << draws << " draws differ";
 }
 
 TEST(SamplerTest, TopPOverALargeVocabulary) {
