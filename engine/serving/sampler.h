@@ -11,13 +11,18 @@
 //   2. penalties: repetition (HF rule: x > 0 ? x / r : x * r) on every token of prompt + output;
 //      frequency and presence (OpenAI rule: x -= f * count + p * [count > 0]) on output tokens
 //   3. temperature == 0: argmax (ties: the lowest id), done
-//   4. x /= temperature; probabilities by softmax
+//   4. x /= temperature; probabilities by softmax (weights in float, 2e-7 relative to exp;
+//      tokens below e^-40 of the most likely one weigh nothing)
 //   5. top_k: keep the k most likely; top_p: keep the smallest most-likely-first prefix whose
 //      mass (renormalized after top_k) reaches top_p; min_p: drop tokens with
-//      p < min_p * p(most likely). Order of candidates: p descending, then id ascending.
+//      p < min_p * p(most likely). Order of candidates: p descending, then id ascending when
+//      top_k or top_p filtered them; ascending id otherwise.
 //   6. draw u in [0, 1) from (seed, step) with SplitMix64 (no hidden state: step k of a sequence
 //      always uses the same u), and walk the kept candidates' cumulative mass
 // The chosen token is recorded as output (it counts for later penalties) and the step advances.
+// Cost: a few vectorized passes over V, plus a sort of only the tokens that top_k / top_p can
+// keep (docs/benchmarks.md, session 8: 0.15-0.75 ms a token for V = 128,256 on the H200
+// machine's CPU). The scheduler samples a step's sequences one after another, after the GPU step.
 #pragma once
 
 #include <cstdint>

@@ -279,7 +279,6 @@ Scheduler::ScheduledStep Scheduler::Schedule() {
           g = static_cast<int>(step.groups.size());
           step.groups.emplace_back();
           step.groups.back().worker = s->owner;
-          step.groups.back().logits = TakeLogitsBuffer(s->owner);
           step.group_seqs.emplace_back();
         }
         step.groups[g].slots.push_back(DecodeSlot{s->cache.get(), s->last_token, s->pos});
@@ -429,20 +428,8 @@ void Scheduler::Update(ScheduledStep& step) {
       }
     }
   }
-  for (DecodeGroup& group : step.groups) GiveBackLogitsBuffer(group.worker, std::move(group.logits));
   absl::MutexLock lock(&mu_);
   decode_in_flight_ = false;
-}
-
-std::vector<float> Scheduler::TakeLogitsBuffer(int worker) {
-  if (worker < 0 || worker >= static_cast<int>(logits_buffers_.size())) return {};
-  return std::move(logits_buffers_[worker]);
-}
-
-void Scheduler::GiveBackLogitsBuffer(int worker, std::vector<float> buffer) {
-  if (worker < 0) return;
-  if (worker >= static_cast<int>(logits_buffers_.size())) logits_buffers_.resize(worker + 1);
-  logits_buffers_[worker] = std::move(buffer);
 }
 
 void Scheduler::Retire(Sequence* seq, GenerationChunk chunk, absl::Status error) {

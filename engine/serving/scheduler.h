@@ -127,10 +127,6 @@ class Scheduler {
   // Removes a finished/aborted/failed sequence, frees its cache, notifies sink and observer.
   void Retire(Sequence* seq, GenerationChunk chunk, absl::Status error);
   int PickLastWorker() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A decode group's logits vector: the one its worker's group had last step (capacity kept),
-  // so that a step does not allocate and zero (B, V) floats again. Scheduler thread only.
-  std::vector<float> TakeLogitsBuffer(int worker);
-  void GiveBackLogitsBuffer(int worker, std::vector<float> buffer);
   SchedulerStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishStats();
   void Loop();
@@ -155,7 +151,6 @@ class Scheduler {
   bool abort_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool decode_in_flight_ ABSL_GUARDED_BY(mu_) = false;  // a decode step is executing/updating
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::vector<float>> logits_buffers_;  // per worker; scheduler thread only
   std::thread thread_;
 };
 
