@@ -24,14 +24,13 @@ template <typename C>
 bool Before(const C& a, const C& b) { return a.p > b.p || (a.p == b.p && a.id < b.id); }
 
 // Tokens whose weight would be below e^-kMaxLogRatio of the most likely token's (4e-18 each, so
-// under 1e-12 of the mass together for any vocabulary below 2^36) are not candidates: no exp is
-// spent on them. Real models put most of a large vocabulary there.
+// under 1e-12 of the mass together for any vocabulary below 2^36) weigh 0: never candidates.
 constexpr double kMaxLogRatio = 40;
 
 // e^z for z in [-kMaxLogRatio, 0], to about 2e-7 relative; 0 for z below that and for NaN.
 // Float arithmetic without branches or library calls, so that the loop over the vocabulary
-// vectorizes (std::exp cost about 5 ns a token on the CI machine: 0.65 ms a step for a 128k
-// vocabulary). z log2(e) = k + f with k an integer and |f| <= 1/2; 2^f by its Taylor polynomial
+// vectorizes (std::exp in double cost about 5 ns a token on the 2-core dev machine: 0.65 ms a
+// token for a 128k vocabulary). z log2(e) = k + f with k an integer and |f| <= 1/2; 2^f by its Taylor polynomial
 // of degree 6 (next term 1.2e-7 of the result); 2^k from the exponent bits.
 inline float ExpNonPositive(float z) {
   constexpr float kLo = -static_cast<float>(kMaxLogRatio);
