@@ -3,24 +3,31 @@
 // decode loop samples every sequence of a step on the host after the GPU step, so this adds to
 // the inter-token latency that users see.
 //
-//   kvr-sampler-bench [--reps 200] [--json out.json]
+//   kvr-sampler-bench [--reps 200] [--batch 8] [--json out.json]
 //
 // Logits: "flat" = normal(0, 2) over the whole vocabulary (a random-weight model: large top_p
 // sets); "lm" = normal(0, 2.5) plus a head of 200 tokens at +6..+16 (a trained model's shape).
 // Each case is timed over --reps samples after 5 warm-up samples; mean microseconds per sample.
+// Then a decode step's sampling at batch --batch (V = 128,256, lm logits, one sampler per
+// sequence), on 1 thread and on the scheduler's default pool (SchedulerOptions::sampling_threads
+// = 0: up to 8): mean microseconds per step.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "engine/serving/sampler.h"
+#include "engine/util/fork_join_pool.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(int, reps, 200, "samples timed per case");
+ABSL_FLAG(int, batch, 8, "sequences per decode step for the batched part (0: skip it)");
 ABSL_FLAG(std::string, json, "", "also write the results to this JSON file");
 
 namespace {
@@ -73,6 +80,35 @@ int main(int argc, char** argv) {
         std::printf("V=%6d %-4s %-16s %9.1f us per sample  (token sum %ld)\n", V, lm ? "lm" : "flat", s.name, us, sum);
         std::fflush(stdout);
         out.push_back({{"vocab", V}, {"logits", lm ? "lm" : "flat"}, {"setting", s.name}, {"us", us}});
+      }
+    }
+  }
+  if (const int B = absl::GetFlag(FLAGS_batch); B > 0) {
+    const int V = 128256;
+    const std::vector<float> logits = Logits(V, true, 2);
+    const int hw = std::min(8, static_cast<int>(std::thread::hardware_concurrency()));
+    for (const Setting& s : {settings[1], settings[2]}) {
+      for (int threads : {1, std::max(1, hw)}) {
+        kvr::ForkJoinPool pool(threads - 1);
+        kvr::SamplingParams p;
+        p.temperature = s.temperature;
+        p.top_p = s.top_p;
+        std::vector<kvr::Sampler> samplers;
+        for (int b = 0; b < B; ++b) {
+          p.seed = b;
+          samplers.emplace_back(p, std::vector<int32_t>{});
+        }
+        std::vector<int32_t> tok(B);
+        auto step = [&] { pool.Run(B, [&](int b) { tok[b] = samplers[b].Sample(logits); }); };
+        for (int i = 0; i < 3; ++i) step();
+        const int steps = std::max(1, reps / 4);
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < steps; ++i) step();
+        const double us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / steps;
+        std::printf("batch %d, V=%d lm %-16s %d thread(s): %9.1f us per step\n", B, V, s.name, threads, us);
+        std::fflush(stdout);
+        out.push_back({{"batch", B}, {"vocab", V}, {"logits", "lm"}, {"setting", s.name}, {"threads", threads}, {"us_per_step", us}});
       }
     }
   }

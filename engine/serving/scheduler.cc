@@ -1,6 +1,7 @@
 #include "engine/serving/scheduler.h"
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -52,10 +53,21 @@ double Between(SteadyClock::time_point a, SteadyClock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 bool NonEmpty(const GenerationChunk& c) { return !c.token_ids.empty() || !c.text.empty(); }
+
+// Helper threads for sampling: options.sampling_threads - 1, or (0) up to 7 more than the
+// stepping thread on a machine with that many hardware threads.
+int SamplingHelpers(int threads) {
+  if (threads <= 0) threads = std::min(8, static_cast<int>(std::thread::hardware_concurrency()));
+  return std::max(0, threads - 1);
+}
+
 }  // namespace
 
 Scheduler::Scheduler(Executor* executor, SchedulerOptions options, SchedulerObserver* observer)
-    : executor_(executor), options_(options), observer_(observer) {}
+    : executor_(executor),
+      options_(options),
+      observer_(observer),
+      sampling_pool_(SamplingHelpers(options.sampling_threads)) {}
 
 Scheduler::~Scheduler() { Stop(); }
 
@@ -396,6 +408,15 @@ void Scheduler::Update(ScheduledStep& step) {
     ++decode_steps_since_prefill_;
   }
   const int V = executor_->vocab_size();
+  // Sample every sequence's next token first, on the sampling threads (each sequence has its own
+  // sampler and reads only its own row of logits); then hand the tokens out in order, here.
+  struct Draw {
+    Sequence* seq;
+    const float* row;
+    int32_t token = 0;
+    TokenLogprobs lp;
+  };
+  std::vector<Draw> draws;
   for (size_t g = 0; g < step.groups.size(); ++g) {
     DecodeGroup& group = step.groups[g];
     const std::vector<Sequence*>& seqs = step.group_seqs[g];
@@ -404,19 +425,29 @@ void Scheduler::Update(ScheduledStep& step) {
           "decode on worker ", group.worker, " returned ", group.logits.size(),
           " logits for a batch of ", seqs.size(), " x ", V));
     }
+    if (!group.status.ok()) continue;
+    for (size_t i = 0; i < seqs.size(); ++i) draws.push_back(Draw{seqs[i], group.logits.data() + i * V, 0, {}});
+  }
+  sampling_pool_.Run(static_cast<int>(draws.size()), [&](int j) {
+    Draw& d = draws[j];
+    const bool want_lp = d.seq->params.logprobs >= 0;
+    d.token = d.seq->sampler.Sample(absl::Span<const float>(d.row, V), want_lp ? &d.lp : nullptr);
+  });
+  size_t next_draw = 0;
+  for (size_t g = 0; g < step.groups.size(); ++g) {
+    const DecodeGroup& group = step.groups[g];
+    const std::vector<Sequence*>& seqs = step.group_seqs[g];
     for (size_t i = 0; i < seqs.size(); ++i) {
       Sequence* seq = seqs[i];
       if (!group.status.ok()) {
         Retire(seq, GenerationChunk{}, group.status);
         continue;
       }
+      Draw& d = draws[next_draw++];
       seq->pos += 1;
       GenerationChunk chunk;
-      TokenLogprobs lp;
       const bool want_lp = seq->params.logprobs >= 0;
-      absl::Span<const float> row(group.logits.data() + i * V, V);
-      int32_t token = seq->sampler.Sample(row, want_lp ? &lp : nullptr);
-      bool done = HandleToken(*seq, token, want_lp ? &lp : nullptr, &chunk);
+      bool done = HandleToken(*seq, d.token, want_lp ? &d.lp : nullptr, &chunk);
       if (!done && seq->pos >= seq->capacity) {
         seq->out.Finish(FinishReason::kLength, &chunk);
         done = true;

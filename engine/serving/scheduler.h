@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "engine/serving/executor.h"
 #include "engine/serving/request.h"
+#include "engine/util/fork_join_pool.h"
 
 namespace kvr {
 
@@ -43,6 +44,10 @@ struct SchedulerOptions {
   int max_running = 32;      // requests holding a KV-cache (decoding)
   int max_model_len = 0;     // prompt + max_tokens must fit; > 0
   int decode_steps_per_prefill = 1;  // see the policy above; >= 1
+  // Threads that sample a decode step's sequences, the stepping thread included (each token is
+  // sampled on the host after the step; docs/benchmarks.md, session 8); 0 = up to 8, as many as
+  // the machine has hardware threads.
+  int sampling_threads = 0;
 };
 
 struct SchedulerStats {
@@ -151,6 +156,7 @@ class Scheduler {
   bool abort_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool decode_in_flight_ ABSL_GUARDED_BY(mu_) = false;  // a decode step is executing/updating
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
+  ForkJoinPool sampling_pool_;  // helpers for Update's sampling; the stepping thread is the other
   std::thread thread_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -292,6 +293,36 @@ TEST(SchedulerTest, SeededSamplingIsReproducible) {
   };
   EXPECT_EQ(run(true, 11), run(true, 11));
   EXPECT_NE(run(true, 11), run(true, 12));
+}
+
+// The sequences of a decode step are sampled on several threads; each has its own sampler, so
+// the tokens (and their logprobs) are those of sampling them one after another.
+TEST(SchedulerTest, SamplingOnSeveralThreadsGivesTheSameTokens) {
+  auto run = [](int threads) {
+    FakeExecutor ex(32, 2);
+    SchedulerOptions o = Options(16, 8);
+    o.sampling_threads = threads;
+    Scheduler s(&ex, o);
+    std::vector<Made> made;
+    for (int r = 0; r < 8; ++r) {
+      made.push_back(MakeRequest(absl::StrCat("r", r), {r + 1, r + 2}, 12, /*temperature=*/4.0f));
+      made.back().req.sampling.seed = 100 + r;
+      made.back().req.sampling.logprobs = r % 2 ? 2 : -1;
+      EXPECT_TRUE(s.Submit(std::move(made.back().req)).ok());
+    }
+    RunUntilIdle(s);
+    std::vector<std::vector<int32_t>> tokens;
+    for (const Made& m : made) {
+      EXPECT_TRUE(m.sink->done());
+      tokens.push_back(m.sink->tokens());
+    }
+    return tokens;
+  };
+  const auto one = run(1);
+  EXPECT_EQ(run(4), one);
+  EXPECT_EQ(run(0), one);  // the machine's default
+  std::set<std::vector<int32_t>> distinct(one.begin(), one.end());
+  EXPECT_GT(distinct.size(), 4u) << "sampling at temperature 4 with 8 seeds";
 }
 
 // Many clients at once on the scheduler's own thread, with aborts in the mix: every request
