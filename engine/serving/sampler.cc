@@ -44,14 +44,35 @@ inline float ExpNonPositive(float z) {
   return static_cast<float>(z >= kLo) * (p * scale);  // 0 below kLo and for NaN
 }
 
-// The largest of x (no NaN in it; -inf if empty), in one vectorized pass.
-float MaxOf(const std::vector<float>& x) {
+// The passes over the whole vocabulary are built twice, for AVX2 and for the baseline x86-64
+// (SSE2) that the rest is built for; the loader picks one by the CPU (GCC function multiversioning).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KVR_VOCAB_PASS __attribute__((target_clones("avx2", "default")))
+#else
+#define KVR_VOCAB_PASS
+#endif
+
+// The largest of p[0, n) (no NaN in it; -inf if n == 0), in one vectorized pass.
+KVR_VOCAB_PASS float MaxOf(const float* p, int n) {
   float m = -std::numeric_limits<float>::infinity();
-  const float* p = x.data();
-  const int n = static_cast<int>(x.size());
 #pragma omp simd reduction(max : m)
   for (int i = 0; i < n; ++i) m = m > p[i] ? m : p[i];  // (this form vectorizes; std::max does not)
   return m;
+}
+float MaxOf(const std::vector<float>& x) { return MaxOf(x.data(), static_cast<int>(x.size())); }
+
+// The sum of the weights of p[0, n) that are nonzero and at least `floor`, in one vectorized pass.
+KVR_VOCAB_PASS double KeptSum(const float* p, int n, float floor) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int i = 0; i < n; ++i) sum += p[i] > 0 && p[i] >= floor ? static_cast<double>(p[i]) : 0.0;
+  return sum;
+}
+
+// w[i] = e^((w[i] - m) * inv_t), the logits replaced by their weights, in one vectorized pass.
+KVR_VOCAB_PASS void WeightsInPlace(float* w, int n, float m, float inv_t) {
+#pragma omp simd  // (-fopenmp-simd: vectorized whatever the optimization level's cost model says)
+  for (int i = 0; i < n; ++i) w[i] = ExpNonPositive((w[i] - m) * inv_t);
 }
 
 // Weights in (0, 1] by binary exponent: bucket b holds [2^-b, 2^(1-b)); the last holds the rest.
@@ -152,31 +173,41 @@ void Sampler::ApplyPenalties(std::vector<float>& x) const {
 // or above that number and no top_p, nothing is filtered: every such token, in ascending id order.
 void Sampler::TopCandidates(const std::vector<float>& w) {
   const int V = static_cast<int>(w.size());
-  int count[kBuckets] = {};
-  double mass[kBuckets] = {};
+  // Four interleaved histograms: most weights fall in a few buckets, and one running sum per
+  // bucket would make each addition wait for the one before.
+  constexpr int kLanes = 4;
+  int count[kLanes][kBuckets] = {};
+  double lane_mass[kLanes][kBuckets] = {};
   for (int i = 0; i < V; ++i) {
     if (w[i] > 0) {
       const int b = BucketOf(w[i]);
-      ++count[b];
-      mass[b] += w[i];
+      ++count[i % kLanes][b];
+      lane_mass[i % kLanes][b] += w[i];
     }
   }
+  double mass[kBuckets] = {};
   int nonzero = 0;
   double total = 0;
   for (int b = 0; b < kBuckets; ++b) {
-    nonzero += count[b];
+    for (int l = 1; l < kLanes; ++l) {
+      count[0][b] += count[l][b];
+      lane_mass[0][b] += lane_mass[l][b];
+    }
+    mass[b] = lane_mass[0][b];
+    nonzero += count[0][b];
     total += mass[b];
   }
   std::vector<Cand>& cand = cand_;
-  auto collect = [&](int last) {  // tokens of buckets 0..last, in ascending id order
+  auto collect = [&](int last) {  // tokens of buckets 0..last (w >= 2^-last), in ascending id order
+    const float lowest = std::bit_cast<float>((127 - last) << 23);  // 2^-last; every w > 0 if last = 63
     cand.clear();
     for (int i = 0; i < V; ++i)
-      if (w[i] > 0 && BucketOf(w[i]) <= last) cand.push_back({w[i], i});
+      if (w[i] >= lowest) cand.push_back({w[i], i});
   };
   const bool top_k = params_.top_k > 0 && params_.top_k < nonzero;
   if (top_k) {
     int last = 0;
-    for (int have = count[0]; have < params_.top_k;) have += count[++last];
+    for (int have = count[0][0]; have < params_.top_k;) have += count[0][++last];
     collect(last);
     std::partial_sort(cand.begin(), cand.begin() + params_.top_k, cand.end(), Before<Cand>);
     cand.resize(params_.top_k);
@@ -218,18 +249,14 @@ int32_t Sampler::DrawInIdOrder(const std::vector<float>& w, double floor) const 
   const float* p = w.data();
   const float f = static_cast<float>(floor);  // the weights are floats: compare as floats
   auto kept = [f](float v) { return v > 0 && v >= f ? static_cast<double>(v) : 0.0; };
-  double total = 0;
-#pragma omp simd reduction(+ : total)
-  for (int i = 0; i < V; ++i) total += kept(p[i]);
+  const double total = KeptSum(p, V, f);
   const double u = Uniform(params_.seed, static_cast<uint64_t>(step_)) * total;
   constexpr int kBlock = 64;
   double cum = 0;
   int last = 0;  // the last kept token so far: rounding may leave u past the final sum
   for (int b0 = 0; b0 < V; b0 += kBlock) {
     const int b1 = std::min(V, b0 + kBlock);
-    double block = 0;
-#pragma omp simd reduction(+ : block)
-    for (int i = b0; i < b1; ++i) block += kept(p[i]);
+    const double block = KeptSum(p + b0, b1 - b0, f);
     if (block == 0) continue;
     if (u < cum + block) {
       for (int i = b0; i < b1; ++i) {
@@ -303,9 +330,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, TokenLogprobs* logprobs)
   const float inv_t = static_cast<float>(std::min(1.0 / params_.temperature, 1e30));  // finite
   const float m = MaxOf(x);
   if (!std::isfinite(m)) return finish(0);
-  float* w = x.data();
-#pragma omp simd  // (-fopenmp-simd: vectorized whatever the optimization level's cost model says)
-  for (int i = 0; i < V; ++i) w[i] = ExpNonPositive((w[i] - m) * inv_t);
+  WeightsInPlace(x.data(), V, m, inv_t);
   constexpr double pmax = 1;
   if (params_.top_k == 0 && params_.top_p >= 1.0f) return finish(DrawInIdOrder(x, params_.min_p * pmax));
 

@@ -21,7 +21,7 @@
 //      always uses the same u), and walk the kept candidates' cumulative mass
 // The chosen token is recorded as output (it counts for later penalties) and the step advances.
 // Cost: a few vectorized passes over V, plus a sort of only the tokens that top_k / top_p can
-// keep (docs/benchmarks.md, session 8: 0.15-0.75 ms a token for V = 128,256 and a trained
+// keep (docs/benchmarks.md, session 8: 0.15-0.86 ms a token for V = 128,256 and a trained
 // model's shape of logits on the H200 machine's CPU). The scheduler samples the sequences of a
 // decode step on several threads, after the GPU step: a Sampler is used by one thread at a time.
 #pragma once
