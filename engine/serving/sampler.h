@@ -1,6 +1,7 @@
 // Sampler: picks the next token of one sequence from its logits. Shared by the daemon's scheduler
 // and the offline CLI (kvr-generate) so that the same prompt, seed and SamplingParams give the
-// same tokens in both.
+// same tokens in both, on one machine (the passes over the vocabulary are vectorized; a CPU
+// without AVX2 may round their sums differently and so, rarely, draw another token).
 //
 //   Sampler sampler(params, prompt_ids);          // params.seed chosen by the caller
 //   int32_t t0 = sampler.Sample(prefill_logits);  // step 0
