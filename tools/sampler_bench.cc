@@ -54,6 +54,14 @@ int main(int argc, char** argv) {
     float temperature, top_p;
     int top_k;
     float min_p;
+    kvr::SamplingParams Params() const {
+      kvr::SamplingParams p;
+      p.temperature = temperature;
+      p.top_p = top_p;
+      p.top_k = top_k;
+      p.min_p = min_p;
+      return p;
+    }
   };
   const Setting settings[] = {{"greedy", 0, 1, 0, 0},
                               {"t=1", 1, 1, 0, 0},
@@ -65,12 +73,7 @@ int main(int argc, char** argv) {
     for (bool lm : {false, true}) {
       const std::vector<float> logits = Logits(V, lm, 1);
       for (const Setting& s : settings) {
-        kvr::SamplingParams p;
-        p.temperature = s.temperature;
-        p.top_p = s.top_p;
-        p.top_k = s.top_k;
-        p.min_p = s.min_p;
-        kvr::Sampler sampler(p, {});
+        kvr::Sampler sampler(s.Params(), {});
         long sum = 0;
         for (int i = 0; i < 5; ++i) sum += sampler.Sample(logits);
         const auto t0 = std::chrono::steady_clock::now();
@@ -90,9 +93,7 @@ int main(int argc, char** argv) {
     for (const Setting& s : {settings[1], settings[2]}) {
       for (int threads : {1, std::max(1, hw)}) {
         kvr::ForkJoinPool pool(threads - 1);
-        kvr::SamplingParams p;
-        p.temperature = s.temperature;
-        p.top_p = s.top_p;
+        kvr::SamplingParams p = s.Params();
         std::vector<kvr::Sampler> samplers;
         for (int b = 0; b < B; ++b) {
           p.seed = b;

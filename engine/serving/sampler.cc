@@ -30,8 +30,8 @@ constexpr double kMaxLogRatio = 40;
 // e^z for z in [-kMaxLogRatio, 0], to about 2e-7 relative; 0 for z below that and for NaN.
 // Float arithmetic without branches or library calls, so that the loop over the vocabulary
 // vectorizes (std::exp in double cost about 5 ns a token on the 2-core dev machine: 0.65 ms a
-// token for a 128k vocabulary). z log2(e) = k + f with k an integer and |f| <= 1/2; 2^f by its Taylor polynomial
-// of degree 6 (next term 1.2e-7 of the result); 2^k from the exponent bits.
+// token for a 128k vocabulary). z log2(e) = k + f with k an integer and |f| <= 1/2; 2^f by its
+// Taylor polynomial of degree 6 (next term 1.2e-7 of the result); 2^k from the exponent bits.
 inline float ExpNonPositive(float z) {
   constexpr float kLo = -static_cast<float>(kMaxLogRatio);
   const float t = std::max(kLo, z) * 1.44269504f;  // in [-57.71, 0] (kLo for NaN)
@@ -61,11 +61,14 @@ KVR_VOCAB_PASS float MaxOf(const float* p, int n) {
 }
 float MaxOf(const std::vector<float>& x) { return MaxOf(x.data(), static_cast<int>(x.size())); }
 
-// The sum of the weights of p[0, n) that are nonzero and at least `floor`, in one vectorized pass.
+// A weight as the draw counts it: w if it is nonzero and at least `floor` (min_p), else 0.
+inline double KeptWeight(float w, float floor) { return w > 0 && w >= floor ? static_cast<double>(w) : 0.0; }
+
+// The sum of KeptWeight over p[0, n), in one vectorized pass.
 KVR_VOCAB_PASS double KeptSum(const float* p, int n, float floor) {
   double sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int i = 0; i < n; ++i) sum += p[i] > 0 && p[i] >= floor ? static_cast<double>(p[i]) : 0.0;
+  for (int i = 0; i < n; ++i) sum += KeptWeight(p[i], floor);
   return sum;
 }
 
@@ -176,25 +179,23 @@ void Sampler::TopCandidates(const std::vector<float>& w) {
   // Four interleaved histograms: most weights fall in a few buckets, and one running sum per
   // bucket would make each addition wait for the one before.
   constexpr int kLanes = 4;
-  int count[kLanes][kBuckets] = {};
+  int lane_count[kLanes][kBuckets] = {};
   double lane_mass[kLanes][kBuckets] = {};
   for (int i = 0; i < V; ++i) {
     if (w[i] > 0) {
       const int b = BucketOf(w[i]);
-      ++count[i % kLanes][b];
+      ++lane_count[i % kLanes][b];
       lane_mass[i % kLanes][b] += w[i];
     }
   }
-  double mass[kBuckets] = {};
-  int nonzero = 0;
-  double total = 0;
+  int count[kBuckets] = {}, nonzero = 0;
+  double mass[kBuckets] = {}, total = 0;
   for (int b = 0; b < kBuckets; ++b) {
-    for (int l = 1; l < kLanes; ++l) {
-      count[0][b] += count[l][b];
-      lane_mass[0][b] += lane_mass[l][b];
+    for (int l = 0; l < kLanes; ++l) {
+      count[b] += lane_count[l][b];
+      mass[b] += lane_mass[l][b];
     }
-    mass[b] = lane_mass[0][b];
-    nonzero += count[0][b];
+    nonzero += count[b];
     total += mass[b];
   }
   std::vector<Cand>& cand = cand_;
@@ -207,7 +208,7 @@ void Sampler::TopCandidates(const std::vector<float>& w) {
   const bool top_k = params_.top_k > 0 && params_.top_k < nonzero;
   if (top_k) {
     int last = 0;
-    for (int have = count[0][0]; have < params_.top_k;) have += count[0][++last];
+    for (int have = count[0]; have < params_.top_k;) have += count[++last];
     collect(last);
     std::partial_sort(cand.begin(), cand.begin() + params_.top_k, cand.end(), Before<Cand>);
     cand.resize(params_.top_k);
@@ -248,7 +249,6 @@ int32_t Sampler::DrawInIdOrder(const std::vector<float>& w, double floor) const 
   const int V = static_cast<int>(w.size());
   const float* p = w.data();
   const float f = static_cast<float>(floor);  // the weights are floats: compare as floats
-  auto kept = [f](float v) { return v > 0 && v >= f ? static_cast<double>(v) : 0.0; };
   const double total = KeptSum(p, V, f);
   const double u = Uniform(params_.seed, static_cast<uint64_t>(step_)) * total;
   constexpr int kBlock = 64;
@@ -260,8 +260,9 @@ int32_t Sampler::DrawInIdOrder(const std::vector<float>& w, double floor) const 
     if (block == 0) continue;
     if (u < cum + block) {
       for (int i = b0; i < b1; ++i) {
-        if (kept(p[i]) == 0) continue;
-        cum += kept(p[i]);
+        const double k = KeptWeight(p[i], f);
+        if (k == 0) continue;
+        cum += k;
         last = i;
         if (u < cum) return i;
       }
@@ -269,7 +270,7 @@ int32_t Sampler::DrawInIdOrder(const std::vector<float>& w, double floor) const 
     }
     cum += block;
     for (int i = b1 - 1; i >= b0; --i)
-      if (kept(p[i]) != 0) {
+      if (KeptWeight(p[i], f) != 0) {
         last = i;
         break;
       }
