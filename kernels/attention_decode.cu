@@ -52,8 +52,27 @@ inline size_t StateSmemBytes(int G, int D) {
 
 // Called by every thread of a split block after its O / lse are written. The block that finishes
 // its group (sequence b, kv head hk) last merges the G heads' splits into out and resets the
-// group's counter. The parts of other blocks are read through L2 (__ldcg) after a fence.
-template <typename T, int D>
+// group's counter. The parts of other blocks are read through L2 (__ldcg) after a fence. The
+// merge is on the step's critical path, so its reads are issued together: each thread owns kVec
+// consecutive outputs (4: one float4 of o_part per split, for the tensor-core kernel's groups;
+// 1 for the scalar kernel's single queries, with fewer registers) and loads kMergeBatch splits of
+// them at once, the first batch before the log-sum-exps are weighed.
+constexpr int kMergeBatch = 16;
+template <int kVec>
+__device__ __forceinline__ void LoadPart(const float* src, float (&dst)[kVec]) {
+  if constexpr (kVec == 4) {
+    const float4 t = __ldcg(reinterpret_cast<const float4*>(src));
+    dst[0] = t.x;
+    dst[1] = t.y;
+    dst[2] = t.z;
+    dst[3] = t.w;
+  } else {
+    static_assert(kVec == 1, "kVec is 1 or 4");
+    dst[0] = __ldcg(src);
+  }
+}
+
+template <typename T, int D, int kVec>
 __device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned char* smem_raw) {
   __shared__ int s_last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -66,10 +85,21 @@ __device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned c
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  const int G = p.Hq / p.Hkv, S = p.splits;
+  constexpr int kPerRow = D / kVec;
+  const int G = p.Hq / p.Hkv, S = p.splits, items = G * kPerRow;
   const size_t head0 = static_cast<size_t>(b) * p.Hq + static_cast<size_t>(hk) * G;
   float* sW = reinterpret_cast<float*>(smem_raw);  // [G][S] lse, then weights
   float* sDen = sW + G * S;                        // [G]
+  // Item q: head g = q / kPerRow, outputs kVec * (q % kPerRow) ..; split s's part at
+  // o_part[((head0 + g) * S + s) * D + kVec * (q % kPerRow)].
+  float v[kMergeBatch][kVec];
+  auto load_batch = [&](int q, int s0) {
+    const float* op = p.o_part + (head0 + q / kPerRow) * S * D + (q % kPerRow) * kVec;
+#pragma unroll
+    for (int u = 0; u < kMergeBatch; ++u)
+      if (s0 + u < S) LoadPart<kVec>(op + static_cast<size_t>(s0 + u) * D, v[u]);
+  };
+  if (tid < items) load_batch(tid, 0);
   for (int i = tid; i < G * S; i += kThreads) sW[i] = __ldcg(p.lse_part + head0 * S + i);
   __syncthreads();
   for (int g = warp; g < G; g += kThreads / 32) {
@@ -87,49 +117,90 @@ __device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned c
     if (lane == 0) sDen[g] = den;
   }
   __syncthreads();
-  for (int oi = tid; oi < G * D; oi += kThreads) {
-    const int g = oi / D, d = oi % D;
-    const float* op = p.o_part + (head0 + g) * S * D + d;
-    float num = 0.f;
-    for (int s = 0; s < S; ++s) {
-      const float w = sW[g * S + s];
-      if (w != 0.f) num += w * __ldcg(op + static_cast<size_t>(s) * D);
+  for (int q = tid; q < items; q += kThreads) {
+    const int g = q / kPerRow;
+    float num[kVec] = {};
+    for (int s0 = 0; s0 < S; s0 += kMergeBatch) {
+      if (q != tid || s0 != 0) load_batch(q, s0);
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        // Splits past S and empty ones (weight 0: their o_part was never written) add nothing.
+        const float w = s0 + u < S ? sW[g * S + s0 + u] : 0.f;
+        if (w != 0.f) {
+#pragma unroll
+          for (int c = 0; c < kVec; ++c) num[c] += w * v[u][c];
+        }
+      }
     }
     const float den = sDen[g];
-    static_cast<T*>(p.out)[(head0 + g) * D + d] = FromF<T>(den > 0.f ? num / den : 0.f);
+    T* o = static_cast<T*>(p.out) + (head0 + g) * D + (q % kPerRow) * kVec;
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) o[c] = FromF<T>(den > 0.f ? num[c] / den : 0.f);
   }
   if (tid == 0) p.counters[b * p.Hkv + hk] = 0;
+}
+
+// The rotary angle of this thread's pair (i, i + D/2), i = threadIdx.x % (D/2): the same pair in
+// every pass of RotateAndAppend (kThreads is a multiple of D/2), at position len - 1. Reads only
+// the step's host-written lengths and inv_freq, so split blocks compute it before PdlWait.
+struct RopeAngle {
+  float sn = 0.f, cs = 1.f;
+};
+template <int D>
+__device__ __forceinline__ RopeAngle RopeAngleOf(const DecodeAttnParams& p, int b) {
+  static_assert(kThreads % (D / 2) == 0, "a thread's pair index is the same in every pass");
+  RopeAngle r;
+  sincosf(static_cast<float>(p.len[b] - 1) * p.inv_freq[threadIdx.x % (D / 2)], &r.sn, &r.cs);
+  return r;
 }
 
 // Fused rotary: sQ[g][d] = the rotated query g of kv head hk (rounded to T, as RopeAppend
 // stores it); with `append`, also this head's rotated key and value at position len - 1 into the
 // cache. Ends with a block barrier, so the block's tile loads see the appended row. Pairs
-// (i, i + D/2), angle pos * inv_freq[i] in fp32: RopeAppendKernel's arithmetic.
+// (i, i + D/2), angle pos * inv_freq[i] in fp32 (`ang`): RopeAppendKernel's arithmetic. A thread
+// takes rows r0, r0 + kPer, ... (row G is the key); it loads up to 4 rows' pairs before it
+// rotates any, so that their reads are in flight together.
 template <typename T, int D>
-__device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool append, float* sQ) {
-  constexpr int half = D / 2;
+__device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool append, RopeAngle ang,
+                                float* sQ) {
+  constexpr int half = D / 2, kPer = kThreads / half;
   const int G = p.Hq / p.Hkv, pos = p.len[b] - 1;
   const T* row = static_cast<const T*>(p.qkv) + static_cast<size_t>(b) * (p.Hq + 2 * p.Hkv) * D;
-  const int n = (G + (append ? 1 : 0)) * half;
-  for (int t = threadIdx.x; t < n; t += kThreads) {
-    const int g = t / half, i = t % half;
-    float sn, cs;
-    sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
-    const T* x = g < G ? row + (hk * G + g) * D : row + (p.Hq + hk) * D;  // query g, or the key
-    const float x1 = ToF(x[i]), x2 = ToF(x[i + half]);
-    const T r1 = FromF<T>(x1 * cs - x2 * sn), r2 = FromF<T>(x2 * cs + x1 * sn);
-    if (g < G) {
-      sQ[g * D + i] = ToF(r1);
-      sQ[g * D + i + half] = ToF(r2);
-    } else {
-      const size_t at = (static_cast<size_t>(pos) * p.Hkv + hk) * D;
-      T* k = static_cast<T*>(p.k_out[b]) + at;
-      T* v = static_cast<T*>(p.v_out[b]) + at;
-      const T* xv = row + (p.Hq + p.Hkv + hk) * D;
-      k[i] = r1;
-      k[i + half] = r2;
-      v[i] = xv[i];
-      v[i + half] = xv[i + half];
+  const int rows = G + (append ? 1 : 0);
+  const int i = threadIdx.x % half, r0 = threadIdx.x / half;
+  for (int rb = r0; rb < rows; rb += 4 * kPer) {
+    T x1[4], x2[4], v1 = T(), v2 = T();
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int g = rb + k * kPer;
+      if (g >= rows) continue;
+      const T* x = g < G ? row + (hk * G + g) * D : row + (p.Hq + hk) * D;  // query g, or the key
+      x1[k] = x[i];
+      x2[k] = x[i + half];
+      if (g == G) {
+        const T* xv = row + (p.Hq + p.Hkv + hk) * D;
+        v1 = xv[i];
+        v2 = xv[i + half];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int g = rb + k * kPer;
+      if (g >= rows) continue;
+      const float f1 = ToF(x1[k]), f2 = ToF(x2[k]);
+      const T r1 = FromF<T>(f1 * ang.cs - f2 * ang.sn), r2 = FromF<T>(f2 * ang.cs + f1 * ang.sn);
+      if (g < G) {
+        sQ[g * D + i] = ToF(r1);
+        sQ[g * D + i + half] = ToF(r2);
+      } else {
+        const size_t at = (static_cast<size_t>(pos) * p.Hkv + hk) * D;
+        T* kc = static_cast<T*>(p.k_out[b]) + at;
+        T* vc = static_cast<T*>(p.v_out[b]) + at;
+        kc[i] = r1;
+        kc[i + half] = r2;
+        vc[i] = v1;
+        vc[i + half] = v2;
+      }
     }
   }
   __syncthreads();
@@ -187,21 +258,22 @@ __device__ __forceinline__ int EarlyTiles(const SplitKeys& s, int most) {
 
 // A split without keys: its log-sum-exps are -inf (it weighs nothing in the merge), and the
 // merge runs if this block is its group's last.
-template <typename T, int D>
+template <typename T, int D, int kVec>
 __device__ void FinishEmptySplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& s,
                                  unsigned char* smem_raw) {
   const int G = p.Hq / p.Hkv;
   for (int g = threadIdx.x; g < G; g += kThreads) p.lse_part[s.pidx + static_cast<size_t>(g) * p.splits] = -INFINITY;
-  if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, kVec>(p, b, hk, smem_raw);
 }
 
-// sQ[g][d] (fp32) = the G queries of kv head hk: rotated from qkv (the block whose split holds
-// the newest position also appends that K/V row, see RotateAndAppend), or read from q. Ends with
-// a block barrier.
+// sQ[g][d] (fp32) = the G queries of kv head hk: rotated from qkv (with `append`, the block
+// whose split holds the newest position, also appending that K/V row, see RotateAndAppend), or
+// read from q. Ends with a block barrier.
 template <typename T, int D>
-__device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, const SplitKeys& s, float* sQ) {
+__device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, bool append, RopeAngle ang,
+                            float* sQ) {
   if (p.qkv != nullptr) {
-    RotateAndAppend<T, D>(p, b, hk, s.a <= s.len - 1 && s.len - 1 < s.e, sQ);
+    RotateAndAppend<T, D>(p, b, hk, append, ang, sQ);
     return;
   }
   const int G = p.Hq / p.Hkv;
@@ -211,11 +283,14 @@ __device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, const Spli
 }
 
 // The start of a split block, shared by both kernels. Loads the split's early tiles (EarlyTiles,
-// up to `most`), waits for the kernel before (PdlWait), finishes an empty split (false), rotates
-// and loads the queries into sQ, and starts the tiles up to kStages - 2 (the ring's prologue: one
-// commit group per tile, empty past the last, so that NextTile's wait count holds). `load(j0,
-// buf)` copies the tile at key j0 into buffer buf by cp.async.
-template <typename T, int D, int kStages, typename Load>
+// up to `most`) and computes its rotary angle, waits for the kernel before (PdlWait), finishes
+// an empty split (false), starts the tiles up to kStages - 2 (the ring's prologue: one commit
+// group per tile, in tile order, empty past the last, so that NextTile's wait count holds) and
+// rotates and loads the queries into sQ. The prologue's tiles are issued before the rotation, so
+// that their loads overlap it, except a tile holding the K/V row the rotation appends.
+// `load(j0, buf)` copies the tile at key j0 into buffer buf by cp.async; kVec is the kernel's
+// MergeIfLast width.
+template <typename T, int D, int kStages, int kVec, typename Load>
 __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& split,
                            int most, const Load& load, float* sQ, unsigned char* smem_raw) {
   const int pre = EarlyTiles(split, most);
@@ -223,14 +298,24 @@ __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const Split
     load(split.a + t * kTile, t);
     CpAsyncCommit();
   }
+  const RopeAngle ang = p.qkv != nullptr ? RopeAngleOf<D>(p, b) : RopeAngle{};
   PdlWait();
   PdlTrigger();
   if (split.tiles == 0) {
-    FinishEmptySplit<T, D>(p, b, hk, split, smem_raw);
+    FinishEmptySplit<T, D, kVec>(p, b, hk, split, smem_raw);
     return false;
   }
-  LoadQueries<T, D>(p, b, hk, split, sQ);
-  for (int t = pre; t < kStages - 1; ++t) {
+  // The ring's prologue: the tiles that hold only keys before `newest` (the row this kernel may
+  // append) go before the rotation; a tile that holds it (only ever the split's last) after.
+  const int newest = p.qkv != nullptr ? split.len - 1 : split.len;
+  const bool append = p.qkv != nullptr && split.a <= newest && newest < split.e;
+  int t = pre;
+  for (; t < kStages - 1 && (t >= split.tiles || min(split.e, split.a + (t + 1) * kTile) <= newest); ++t) {
+    if (t < split.tiles) load(split.a + t * kTile, t);
+    CpAsyncCommit();
+  }
+  LoadQueries<T, D>(p, b, hk, append, ang, sQ);
+  for (; t < kStages - 1; ++t) {
     if (t < split.tiles) load(split.a + t * kTile, t);
     CpAsyncCommit();
   }
@@ -282,7 +367,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
       CpAsync16(dv + r * kRow + col, kv.v + off, ok ? 16 : 0);
     }
   };
-  if (!StartSplit<T, D, kScalarStages>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
+  if (!StartSplit<T, D, kScalarStages, 1>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
     return;
   for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
@@ -366,7 +451,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   for (int g = tid; g < G; g += kThreads) {
     p.lse_part[pidx + static_cast<size_t>(g) * p.splits] = sM[g] + log2f(sL[g]);
   }
-  if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, hk, smem_raw);
 }
 
 // Grouped queries on tensor cores (2 <= G <= 16): the G queries of a K/V head are rows 0..G-1
@@ -403,7 +488,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
     CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, kv.k, kv.v, j0, e,
                                           kv.stride);
   };
-  if (!StartSplit<T, D, kMmaStages>(p, b, hk, split, kMmaEarlyTiles, load, sQ, smem_raw)) return;
+  if (!StartSplit<T, D, kMmaStages, 4>(p, b, hk, split, kMmaEarlyTiles, load, sQ, smem_raw)) return;
   const int ntiles = split.tiles;
 
   // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
@@ -533,7 +618,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
     p.o_part[(pidx + static_cast<size_t>(r) * p.splits) * D + d] = num / den;
     if (d == 0) p.lse_part[pidx + static_cast<size_t>(r) * p.splits] = M + log2f(den);
   }
-  if (p.counters != nullptr) MergeIfLast<T, D>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, 4>(p, b, hk, smem_raw);
 }
 
 // Block (head, sequence), D threads: out = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max).

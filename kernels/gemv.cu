@@ -23,10 +23,12 @@ namespace {
 
 // acc[r] += (this lane's share of) dot(x row r, weight row) over chunks [c0, c1) of the row; wr
 // already points at the lane's first element. Issues the first kUnroll weight loads, then waits
-// for the previous kernel (PdlWait) before reading x. Every thread of the block must call it.
-template <typename T, int N, int kUnroll, bool kPipe>
+// for the previous kernel (PdlWait) and calls after_wait() before reading x. Every thread of the
+// block must call it.
+template <typename T, int N, int kUnroll, bool kPipe, typename AfterWait>
 __device__ __forceinline__ void RowDot(const T* __restrict__ x, const T* __restrict__ wr, int in,
-                                       int c0, int c1, bool active, float (&acc)[N]) {
+                                       int c0, int c1, bool active, float (&acc)[N],
+                                       const AfterWait& after_wait) {
   const int lane = threadIdx.x & 31;
   auto valid = [&](int c) { return active && c < c1 && c * 256 + lane * 8 < in; };
   auto load = [&](int c) {
@@ -37,6 +39,7 @@ __device__ __forceinline__ void RowDot(const T* __restrict__ x, const T* __restr
   for (int u = 0; u < kUnroll; ++u) wv[u] = load(c0 + u);
   PdlWait();
   PdlTrigger();
+  after_wait();
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = 0.f;
   for (int c = c0; c < c1; c += kUnroll) {
@@ -83,7 +86,16 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ 
   const int c0 = part * chunks / kSplit, c1 = (part + 1) * chunks / kSplit;
   const T* wr = w + static_cast<size_t>(active ? row : 0) * in + lane * 8;
   float acc[N];
-  RowDot<T, N, kUnroll, kPipe>(x, wr, in, c0, c1, active, acc);
+  // With beta, the thread that writes the row reads its old y values as soon as the kernel before
+  // has finished, so that the read is not on the block's tail.
+  const bool writer = lane == 0 && part == 0 && active;
+  const bool accumulate = y_f32 && beta != 0.f;
+  float y_old[N];
+  RowDot<T, N, kUnroll, kPipe>(x, wr, in, c0, c1, active, acc, [&] {
+#pragma unroll
+    for (int r = 0; r < N; ++r)
+      y_old[r] = writer && accumulate ? static_cast<const float*>(y)[static_cast<size_t>(r) * out + row] : 0.f;
+  });
   if constexpr (kSplit > 1) {
     __shared__ float partial[kWarps][N];
     if (lane == 0) {
@@ -99,13 +111,12 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const T* __restrict__ 
       for (int q = 1; q < kSplit; ++q) acc[r] += partial[warp + q][r];
     }
   }
-  if (lane == 0 && active) {
+  if (writer) {
 #pragma unroll
     for (int r = 0; r < N; ++r) {
       const size_t i = static_cast<size_t>(r) * out + row;
       if (y_f32) {
-        float* yf = static_cast<float*>(y);
-        yf[i] = beta != 0.f ? yf[i] * beta + acc[r] : acc[r];
+        static_cast<float*>(y)[i] = accumulate ? y_old[r] * beta + acc[r] : acc[r];
       } else {
         static_cast<T*>(y)[i] = FromF<T>(acc[r]);
       }
