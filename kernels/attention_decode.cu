@@ -14,7 +14,8 @@
 // from zero again); otherwise kernel 2, block (query head, sequence), merges the splits.
 // Both kernels go through LaunchPdl. Before PdlWait a split block reads nothing the kernels of
 // this step write: it starts loading its first K/V tile when that tile holds keys of earlier
-// steps alone (EarlyTiles), so that the load overlaps the end of the kernel before.
+// steps alone (EarlyTiles), so that the load overlaps the end of the kernel before, and computes
+// its rotary angle. After it, the split's next tiles are issued before the queries are rotated.
 // Fused rotary (p.qkv set): every split block rotates its G queries itself (a few sincosf); the
 // one block whose split holds the newest position (len - 1) rotates that key, writes it and the
 // value to the cache, and only then loads its tiles (the other splits never read that row).

@@ -743,6 +743,7 @@ TEST(Kernels, DecodeAttention) {
       {{63, 64, 65}, 71, 1, 64, 0, 128},
       {{3000, 10}, 4, 4, 64, 500, 8},
       {{129}, 8, 8, 128, 0, 1},
+      {{1, 2, 65}, 8, 8, 64, 0, 3},  // single queries over one, two and 65 keys (empty splits)
       // Groups for the tensor-core kernel: odd G, G = 8 with a window, G = 16 (a full m-tile).
       {{7, 1000}, 12, 4, 64, 0, 5},
       {{777, 64}, 64, 8, 128, 100, 4},
