@@ -18,6 +18,12 @@
 
 namespace kvr::kernels {
 
+// Which split kernel runs (DecodeAttnParams::kernel). kAuto: kMma for groups of 2..16 queries per
+// K/V head (KVR_DECODE_MMA=0, a benchmark knob, keeps them on kScalar), kScalar otherwise.
+// kSingle: single queries (G = 1 only), per-warp online softmax, four K/V stages and one block
+// per SM: faster than kScalar at short caches, slower at long ones (PlanDecodeAttention).
+enum class DecodeKernel { kAuto, kScalar, kSingle, kMma };
+
 struct DecodeAttnParams {
   const void* q = nullptr;           // (B, Hq, D)
   const void* const* k_table = nullptr;  // (B) device pointers to (capacity, Hkv, D)
@@ -31,6 +37,7 @@ struct DecodeAttnParams {
   int* counters = nullptr;
   int B = 0, Hq = 0, Hkv = 0, D = 0;
   int splits = 1;                    // S
+  DecodeKernel kernel = DecodeKernel::kAuto;
   int window = 0;                    // 0 = attend to all len keys, else the last `window`
   float scale = 0.f;
   // Rotary embedding and cache append fused in (decode): with qkv set, q is not read. The queries
@@ -45,12 +52,22 @@ struct DecodeAttnParams {
   void* const* v_out = nullptr;
 };
 
-// Number of key splits for a batch of B with Hq / Hkv heads of size D: one full wave of split
-// blocks (as many as the SMs hold at once), at most 128. KVR_DECODE_SPLITS_PER_SM (a knob for
-// benchmarks) replaces the blocks per SM that the occupancy calculator gives.
-int DecodeAttentionSplits(DType dt, int B, int Hq, int Hkv, int D, int num_sms);
+// How a decode step's attention runs: the kernel and its split count, planned on the host from
+// the shapes and the longest cache of the step. A captured graph replays one plan, so the runner
+// keeps a graph per plan. The splits fill one wave of split blocks (as many as the SMs hold at
+// once), at most 128. kSingle is planned for one sequence of single queries whose cache holds at
+// most kDecodeSingleMaxLen keys (measured on an H100: 1.4-1.7% off a Llama-2-7B step at 2k-4k,
+// even at 8k, 1.2-2.6% slower at 16k-32k; docs/benchmarks.md, session 9); kAuto's choice
+// otherwise. Knobs for benchmarks: KVR_DECODE_SPLITS_PER_SM replaces the blocks per SM that the
+// occupancy calculator gives; KVR_DECODE_SINGLE=0 never plans kSingle, =1 plans it at any length.
+struct DecodeAttnPlan {
+  DecodeKernel kernel = DecodeKernel::kScalar;
+  int splits = 1;
+};
+constexpr int kDecodeSingleMaxLen = 8192;
+DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int max_len);
 
-// Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192.
+// Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1.
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream);
 
 }  // namespace kvr::kernels

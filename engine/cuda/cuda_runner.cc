@@ -13,8 +13,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -173,7 +175,7 @@ class CudaRunner : public ModelRunner {
   ~CudaRunner() override {
     cudaSetDevice(device_);
     if (stream_) cudaStreamSynchronize(stream_);
-    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
     FreeDecode();
     if (inv_freq_) cudaFree(inv_freq_);
     if (arena_) cudaFree(arena_);
@@ -627,12 +629,17 @@ class CudaRunner : public ModelRunner {
       }
     }
     KVR_CU(cudaMemcpyAsync(dev_tab_, host_tab_, TabBytes(B), cudaMemcpyHostToDevice, stream_));
+    int max_len = 0;
+    for (int b = 0; b < B; ++b) max_len = std::max(max_len, len[b]);
+    const K::DecodeAttnPlan plan = DecodePlan(B, max_len);
     if (opt_.decode_graphs) {
-      auto it = graphs_.find(B);
-      if (it == graphs_.end() && warmed_.count(B)) {
+      // One graph per (batch size, attention plan): the plan changes with the longest cache.
+      const GraphKey key{B, static_cast<int>(plan.kernel), plan.splits};
+      auto it = graphs_.find(key);
+      if (it == graphs_.end() && warmed_.count(key)) {
         cudaGraph_t graph = nullptr;
         KVR_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-        absl::Status st = DecodeStep(B);
+        absl::Status st = DecodeStep(B, plan);
         cudaError_t e = cudaStreamEndCapture(stream_, &graph);
         KVR_RETURN_IF_ERROR(st);
         KVR_CU(e);
@@ -640,16 +647,16 @@ class CudaRunner : public ModelRunner {
         e = cudaGraphInstantiate(&exec, graph, 0);
         cudaGraphDestroy(graph);
         KVR_CU(e);
-        it = graphs_.emplace(B, exec).first;
+        it = graphs_.emplace(key, exec).first;
       }
       if (it != graphs_.end()) {
         KVR_CU(cudaGraphLaunch(it->second, stream_));
       } else {
-        KVR_RETURN_IF_ERROR(DecodeStep(B));
-        warmed_[B] = true;
+        KVR_RETURN_IF_ERROR(DecodeStep(B, plan));
+        warmed_[key] = true;
       }
     } else {
-      KVR_RETURN_IF_ERROR(DecodeStep(B));
+      KVR_RETURN_IF_ERROR(DecodeStep(B, plan));
     }
     logits->resize(static_cast<size_t>(B) * cfg_.vocab_size);
     KVR_CU(cudaMemcpyAsync(logits->data(), dec_.logits, logits->size() * sizeof(float),
@@ -845,8 +852,15 @@ class CudaRunner : public ModelRunner {
   }
 
   // ---- decode ----
-  int DecodeSplits(int B) const {
-    return K::DecodeAttentionSplits(dt_, B, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim, num_sms_);
+  // The decode-attention plan (kernel, splits) for B sequences whose longest cache holds max_len
+  // keys, and the most split rows (B x splits) any plan for B needs: the plans differ only
+  // between short and long caches.
+  K::DecodeAttnPlan DecodePlan(int B, int max_len) const {
+    return K::PlanDecodeAttention(dt_, B, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim, num_sms_, max_len);
+  }
+  size_t PartRows(int B) const {
+    const int most = std::max(DecodePlan(B, 1).splits, DecodePlan(B, std::numeric_limits<int>::max()).splits);
+    return static_cast<size_t>(B) * most;
   }
   size_t TabPtrOffset(int B) const { return AlignUp(3ull * B * sizeof(int32_t)); }
   size_t TabBytes(int B) const { return TabPtrOffset(B) + 2ull * cfg_.num_layers * B * sizeof(void*); }
@@ -876,14 +890,13 @@ class CudaRunner : public ModelRunner {
       return absl::OkStatus();
     }
     KVR_CU(cudaStreamSynchronize(stream_));
-    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
     graphs_.clear();
     warmed_.clear();
     FreeDecode();
     const int cap = std::max(B, 8);
     size_t part_rows = 0;
-    for (int b = 1; b <= cap; ++b)
-      part_rows = std::max(part_rows, static_cast<size_t>(b) * DecodeSplits(b));
+    for (int b = 1; b <= cap; ++b) part_rows = std::max(part_rows, PartRows(b));
     Carver c(nullptr);
     DecodeBuffers tmp;
     CarveDecode(c, cap, &tmp, part_rows);
@@ -899,11 +912,11 @@ class CudaRunner : public ModelRunner {
     return absl::OkStatus();
   }
 
-  // part_rows = B * splits for views; for the allocation, the largest B * splits(B) over B <= cap
-  // (the split count shrinks as B grows, not always in proportion).
+  // part_rows = PartRows(B) for views (whatever plan a step of B runs); for the allocation, the
+  // largest PartRows over B <= cap (the split count shrinks as B grows, not always in proportion).
   void CarveDecode(Carver& c, int B, DecodeBuffers* d, size_t part_rows = 0) const {
     const size_t b = B, C = cfg_.hidden_size;
-    if (part_rows == 0) part_rows = b * DecodeSplits(B);
+    if (part_rows == 0) part_rows = PartRows(B);
     d->x = c.Take<float>(b * C);
     d->h = c.Take<void>(b * C, 2);
     d->qkv = c.Take<void>(b * cfg_.qkv_dim(), 2);
@@ -917,7 +930,7 @@ class CudaRunner : public ModelRunner {
     if (Tp()) d->part = c.Take<void>(b * C, 2);
   }
 
-  // Views of the decode buffers for batch B (split count depends on B).
+  // Views of the decode buffers for batch B (split rows depend on B).
   void SetDecodeViews(int B) {
     Carver c(static_cast<std::byte*>(dec_mem_));
     CarveDecode(c, B, &dec_);
@@ -945,13 +958,13 @@ class CudaRunner : public ModelRunner {
   }
 
   // One decode step for the B sequences described by the device tables.
-  absl::Status DecodeStep(int B) {
+  absl::Status DecodeStep(int B, const K::DecodeAttnPlan& plan) {
     in_decode_ = true;
-    absl::Status st = DecodeLayers(B);
+    absl::Status st = DecodeLayers(B, plan);
     in_decode_ = false;
     return st;
   }
-  absl::Status DecodeLayers(int B) {
+  absl::Status DecodeLayers(int B, const K::DecodeAttnPlan& plan) {
     const int L = cfg_.num_layers, C = cfg_.hidden_size;
     auto* dids = reinterpret_cast<int32_t*>(dev_tab_);
     int32_t* dpos = dids + B;
@@ -959,7 +972,6 @@ class CudaRunner : public ModelRunner {
     auto** dkt = reinterpret_cast<void**>(static_cast<std::byte*>(dev_tab_) + TabPtrOffset(B));
     void** dvt = dkt + static_cast<size_t>(L) * B;
     KVR_CU(K::EmbeddingLookup(dt_, embed_, dids, B, C, cfg_.vocab_size, dec_.x, stream_));
-    const int splits = DecodeSplits(B);  // an occupancy query: once per step, not per layer
     for (int l = 0; l < L; ++l) {
       const DevLayer& w = layers_[l];
       K::RopeAppendParams rp;
@@ -988,7 +1000,8 @@ class CudaRunner : public ModelRunner {
       ap.Hq = cfg_.num_q_heads;
       ap.Hkv = cfg_.num_kv_heads;
       ap.D = cfg_.head_dim;
-      ap.splits = splits;
+      ap.splits = plan.splits;
+      ap.kernel = plan.kernel;
       ap.window = cfg_.sliding_window;
       ap.scale = 1.f / std::sqrt(static_cast<float>(cfg_.head_dim));
       if (!Skip("attn")) KVR_CU(K::DecodeAttention(dt_, ap, stream_));
@@ -1027,8 +1040,11 @@ class CudaRunner : public ModelRunner {
   bool fuse_decode_;                       // FuseDecodeFromEnv
   absl::flat_hash_set<std::string> skip_;  // DecodeSkipFromEnv
   bool in_decode_ = false;                 // inside DecodeStep: skip_ applies
-  std::map<int, cudaGraphExec_t> graphs_;
-  std::map<int, bool> warmed_;
+  // Captured decode steps by (batch size, attention kernel, splits), and the keys whose step has
+  // run once eagerly (a graph is captured on the second step of a key).
+  using GraphKey = std::tuple<int, int, int>;
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
+  std::map<GraphKey, bool> warmed_;
 };
 
 }  // namespace

@@ -735,6 +735,21 @@ struct DecodeCase {
   int Hq, Hkv, D, window, splits;
 };
 
+// The split kernels a group of G queries per K/V head can run: the default (kAuto: tensor cores
+// for 2..16, scalar otherwise) and the other one (the scalar kernel for groups, the single-query
+// kernel for G = 1).
+std::vector<DecodeKernel> KernelsFor(int G) {
+  return {DecodeKernel::kAuto, G == 1 ? DecodeKernel::kSingle : DecodeKernel::kScalar};
+}
+const char* KernelName(DecodeKernel k) {
+  switch (k) {
+    case DecodeKernel::kAuto: return "auto";
+    case DecodeKernel::kScalar: return "scalar";
+    case DecodeKernel::kSingle: return "single";
+    default: return "mma";
+  }
+}
+
 TEST(Kernels, DecodeAttention) {
   std::mt19937 rng(7);
   const DecodeCase cases[] = {
@@ -785,6 +800,7 @@ TEST(Kernels, DecodeAttention) {
       // runs twice on the same counters, as graph replays do, to check they are reset.
       DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hkv);
       CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hkv));
+      for (DecodeKernel kind : KernelsFor(c.Hq / c.Hkv))
       for (int merge = 0; merge < 3; ++merge) {
         CUDA_OK(dout.Poison());
         CUDA_OK(opart.Poison());
@@ -795,6 +811,7 @@ TEST(Kernels, DecodeAttention) {
         p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.splits = c.splits; p.window = c.window;
         p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
         p.counters = merge == 0 ? nullptr : counters.get();
+        p.kernel = kind;
         CUDA_OK(DecodeAttention(dt, p, nullptr));
         CUDA_OK(cudaDeviceSynchronize());
         auto out = ToFloat(dt, dout.Download());
@@ -810,7 +827,8 @@ TEST(Kernels, DecodeAttention) {
                      out.begin() + static_cast<size_t>(b + 1) * c.Hq * c.D);
         }
         EXPECT_LT(RelErr(got, ref), 2 * Tol(dt)) << "B=" << B << " Hq=" << c.Hq << " D=" << c.D
-                                                  << " splits=" << c.splits << " merge=" << merge;
+                                                  << " splits=" << c.splits << " merge=" << merge
+                                                  << " kernel=" << KernelName(kind);
         if (merge > 0) {
           std::vector<int> left(static_cast<size_t>(B) * c.Hkv, -1);
           CUDA_OK(cudaMemcpy(left.data(), counters.get(), left.size() * sizeof(int), cudaMemcpyDeviceToHost));
@@ -884,6 +902,8 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       p.len = dlen.get(); p.o_part = opart.get(); p.lse_part = lpart.get(); p.counters = counters.get();
       p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = D; p.splits = c.splits; p.window = c.window;
       p.scale = 1.f / std::sqrt(static_cast<float>(D));
+      // The first type runs the other kernel (KernelsFor), the second the default.
+      p.kernel = KernelsFor(c.Hq / c.Hkv)[dt == kTypes[0] ? 1 : 0];
       // Fused, into copy 0.
       DecodeAttnParams pf = p;
       pf.k_table = reinterpret_cast<const void* const*>(dkt0.get());
@@ -903,7 +923,8 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       pu.out = out1.get();
       CUDA_OK(DecodeAttention(dt, pu, nullptr));
       CUDA_OK(cudaDeviceSynchronize());
-      const std::string tag = "B=" + std::to_string(B) + " Hq=" + std::to_string(c.Hq) + " D=" + std::to_string(D);
+      const std::string tag = "B=" + std::to_string(B) + " Hq=" + std::to_string(c.Hq) + " D=" + std::to_string(D) +
+                              " kernel=" + KernelName(p.kernel);
       EXPECT_EQ(out0.Download(), out1.Download()) << "fused != RopeAppend + kernel, " << tag;
       // Against the CPU: rotate q and the newest k in double, attend over the rest of the cache.
       auto got = ToFloat(dt, out0.Download());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/cuda/cuda_runner.h"
+#include "kernels/attention_decode.cuh"
 #include "tests/cuda/gpu_test_util.h"
 
 namespace kvr::testing {
@@ -142,6 +143,38 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
       EXPECT_LT(RelL2(row0, longer), 2e-2) << "rep " << rep;
       EXPECT_LT(RelL2(row1, short_ref), 2e-2) << "rep " << rep;
     }
+  }
+}
+
+// Decode steps on both sides of the attention plan's length boundary (kDecodeSingleMaxLen keys:
+// the single-query kernel up to it, the scalar one past it), each plan's steps eager, captured
+// and replayed, equal a prefill of the same tokens (the prompt and the first decode token in one
+// chunk, then one token per chunk).
+TEST(CudaRunner, DecodeAcrossTheAttentionPlanBoundary) {
+  ModelConfig cfg = Llama(128);
+  cfg.num_kv_heads = cfg.num_q_heads;  // one query per K/V head, as Llama 2
+  cfg.max_position = 16384;
+  auto r = MakeRandomCudaRunner(cfg, 0, CudaRunnerOptions{}, 11);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ModelRunner& run = **r;
+  const int P = kernels::kDecodeSingleMaxLen - 4, steps = 8;
+  const auto toks = Tokens(P + steps, cfg.vocab_size, 13);
+  auto dc = run.NewKvCache(P + steps);
+  auto rc = run.NewKvCache(P + steps);
+  ASSERT_TRUE(dc.ok() && rc.ok());
+  Prefill(run, **dc, std::vector<int32_t>(toks.begin(), toks.begin() + P), {});
+  std::vector<float> ref, got;
+  for (int k = 0; k < steps; ++k) {
+    const int s = k == 0 ? 0 : P + k, e = P + k + 1;
+    auto chunk = run.BeginChunk(absl::MakeConstSpan(toks).subspan(s, e - s), s, **rc);
+    ASSERT_TRUE(chunk.ok()) << chunk.status();
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      ASSERT_TRUE(run.LayerQkv(**chunk, l).ok());
+      ASSERT_TRUE(run.LayerAttnMlp(**chunk, l).ok());
+    }
+    ASSERT_TRUE(run.FinishChunk(**chunk, &ref).ok());
+    ASSERT_TRUE(run.Decode({DecodeSlot{dc->get(), toks[P + k], P + k}}, &got).ok());
+    EXPECT_LT(RelL2(got, ref), 2e-2) << "decode with " << P + k + 1 << " keys";
   }
 }
 
