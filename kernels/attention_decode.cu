@@ -464,7 +464,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
 // elements (a row shifts the banks by 8). P stays in fp32, as in the scalar kernel. The warps'
 // (max, sum, O) merge through shared memory at the end of the split. Same split ranges, fused
 // rotary and outputs as DecodeSplitKernel. Four stages (three tiles in flight) leave one block
-// per SM, so fewer, longer splits: on an H100, Llama-2-7B steps 1.4-1.7% faster at 2k-4k and
+// per SM, so fewer, longer splits: on an H100, Llama-2-7B steps 1.3-1.7% faster at 2k-4k and
 // 1.2-2.6% slower at 16k-32k than with the scalar kernel (two and three stages: less gain at 4k,
 // the same loss at 32k). PlanDecodeAttention picks it for short caches only.
 constexpr int kSingleStages = 4;
@@ -839,14 +839,14 @@ cudaError_t Launch(const DecodeAttnParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int max_len) {
+DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int length_class) {
   static const int single = [] {  // -1: by length; 0: never; 1: at any length (KVR_DECODE_SINGLE)
     const char* env = std::getenv("KVR_DECODE_SINGLE");
     return env == nullptr ? -1 : std::atoi(env) != 0 ? 1 : 0;
   }();
   const int G = Hkv > 0 && Hq % Hkv == 0 ? Hq / Hkv : 0;
   DecodeAttnPlan plan;
-  plan.kernel = G == 1 && B == 1 && (single == 1 || (single < 0 && max_len <= kDecodeSingleMaxLen))
+  plan.kernel = G == 1 && B == 1 && (single == 1 || (single < 0 && length_class == 0))
                     ? DecodeKernel::kSingle
                     : Resolve(DecodeKernel::kAuto, G);
   // Blocks one SM holds at once (shared memory bounds it), unless a benchmark sets the number.

@@ -53,19 +53,22 @@ struct DecodeAttnParams {
 };
 
 // How a decode step's attention runs: the kernel and its split count, planned on the host from
-// the shapes and the longest cache of the step. A captured graph replays one plan, so the runner
-// keeps a graph per plan. The splits fill one wave of split blocks (as many as the SMs hold at
-// once), at most 128. kSingle is planned for one sequence of single queries whose cache holds at
-// most kDecodeSingleMaxLen keys (measured on an H100: 1.4-1.7% off a Llama-2-7B step at 2k-4k,
-// even at 8k, 1.2-2.6% slower at 16k-32k; docs/benchmarks.md, session 9); kAuto's choice
-// otherwise. Knobs for benchmarks: KVR_DECODE_SPLITS_PER_SM replaces the blocks per SM that the
-// occupancy calculator gives; KVR_DECODE_SINGLE=0 never plans kSingle, =1 plans it at any length.
+// the shapes and the class of the step's longest cache (DecodeLengthClass). A captured graph
+// replays one plan, so the runner keeps a graph per plan. The splits fill one wave of split blocks
+// (as many as the SMs hold at once), at most 128. kSingle is planned for one sequence of single
+// queries whose cache holds at most kDecodeSingleMaxLen keys (measured on an H100: 1.3-1.7% off a
+// Llama-2-7B step at 2k-4k, even at 8k, 1.2-2.6% slower at 16k-32k; docs/benchmarks.md, session
+// 9); kAuto's choice otherwise. Knobs for benchmarks: KVR_DECODE_SPLITS_PER_SM replaces the blocks
+// per SM that the occupancy calculator gives; KVR_DECODE_SINGLE=0 never plans kSingle, =1 plans
+// it at any length. Planning queries the occupancy calculator: plan once per shape, not per step.
 struct DecodeAttnPlan {
   DecodeKernel kernel = DecodeKernel::kScalar;
   int splits = 1;
 };
 constexpr int kDecodeSingleMaxLen = 8192;
-DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int max_len);
+constexpr int kDecodeLengthClasses = 2;  // 0: at most kDecodeSingleMaxLen keys; 1: more
+inline int DecodeLengthClass(int max_len) { return max_len <= kDecodeSingleMaxLen ? 0 : 1; }
+DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int length_class);
 
 // Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1.
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream);

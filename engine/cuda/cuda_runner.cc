@@ -11,9 +11,9 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <string>
 #include <tuple>
@@ -852,14 +852,15 @@ class CudaRunner : public ModelRunner {
   }
 
   // ---- decode ----
-  // The decode-attention plan (kernel, splits) for B sequences whose longest cache holds max_len
-  // keys, and the most split rows (B x splits) any plan for B needs: the plans differ only
-  // between short and long caches.
-  K::DecodeAttnPlan DecodePlan(int B, int max_len) const {
-    return K::PlanDecodeAttention(dt_, B, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim, num_sms_, max_len);
+  // The decode-attention plan (kernel, splits) for B <= dec_cap_ sequences whose longest cache
+  // holds max_len keys (planned by EnsureDecode), and the most split rows (B x splits) any plan
+  // for B needs.
+  const K::DecodeAttnPlan& DecodePlan(int B, int max_len) const {
+    return plans_[B][K::DecodeLengthClass(max_len)];
   }
   size_t PartRows(int B) const {
-    const int most = std::max(DecodePlan(B, 1).splits, DecodePlan(B, std::numeric_limits<int>::max()).splits);
+    int most = 1;
+    for (const K::DecodeAttnPlan& p : plans_[B]) most = std::max(most, p.splits);
     return static_cast<size_t>(B) * most;
   }
   size_t TabPtrOffset(int B) const { return AlignUp(3ull * B * sizeof(int32_t)); }
@@ -895,6 +896,10 @@ class CudaRunner : public ModelRunner {
     warmed_.clear();
     FreeDecode();
     const int cap = std::max(B, 8);
+    plans_.assign(cap + 1, {});
+    for (int b = 1; b <= cap; ++b)
+      for (int c = 0; c < K::kDecodeLengthClasses; ++c)
+        plans_[b][c] = K::PlanDecodeAttention(dt_, b, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim, num_sms_, c);
     size_t part_rows = 0;
     for (int b = 1; b <= cap; ++b) part_rows = std::max(part_rows, PartRows(b));
     Carver c(nullptr);
@@ -1043,6 +1048,8 @@ class CudaRunner : public ModelRunner {
   // Captured decode steps by (batch size, attention kernel, splits), and the keys whose step has
   // run once eagerly (a graph is captured on the second step of a key).
   using GraphKey = std::tuple<int, int, int>;
+  // plans_[B][length class]: the decode-attention plans for B = 1..dec_cap_ (EnsureDecode).
+  std::vector<std::array<K::DecodeAttnPlan, K::kDecodeLengthClasses>> plans_;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   std::map<GraphKey, bool> warmed_;
 };
