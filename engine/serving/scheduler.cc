@@ -25,6 +25,10 @@ struct Scheduler::Sequence {
     if (r.arrival != SteadyClock::time_point{}) arrival = r.arrival;
   }
 
+  // lp when the request asked for log-probabilities (params.logprobs >= 0), else null: where the
+  // sampler writes them and HandleToken reads them.
+  TokenLogprobs* Logprobs(TokenLogprobs* lp) const { return params.logprobs >= 0 ? lp : nullptr; }
+
   const std::string id;
   const std::vector<int32_t> prompt;
   const SamplingParams params;
@@ -385,9 +389,8 @@ void Scheduler::Update(ScheduledStep& step) {
       return;
     }
     TokenLogprobs lp;
-    const bool want_lp = seq->params.logprobs >= 0;
-    int32_t token = seq->sampler.Sample(out->logits, want_lp ? &lp : nullptr);
-    if (HandleToken(*seq, token, want_lp ? &lp : nullptr, &chunk)) {
+    int32_t token = seq->sampler.Sample(out->logits, seq->Logprobs(&lp));
+    if (HandleToken(*seq, token, seq->Logprobs(&lp), &chunk)) {
       Retire(seq, std::move(chunk), absl::OkStatus());
       return;
     }
@@ -430,8 +433,7 @@ void Scheduler::Update(ScheduledStep& step) {
   }
   sampling_pool_.Run(static_cast<int>(draws.size()), [&](int j) {
     Draw& d = draws[j];
-    const bool want_lp = d.seq->params.logprobs >= 0;
-    d.token = d.seq->sampler.Sample(absl::Span<const float>(d.row, V), want_lp ? &d.lp : nullptr);
+    d.token = d.seq->sampler.Sample(absl::Span<const float>(d.row, V), d.seq->Logprobs(&d.lp));
   });
   size_t next_draw = 0;
   for (size_t g = 0; g < step.groups.size(); ++g) {
@@ -446,8 +448,7 @@ void Scheduler::Update(ScheduledStep& step) {
       Draw& d = draws[next_draw++];
       seq->pos += 1;
       GenerationChunk chunk;
-      const bool want_lp = seq->params.logprobs >= 0;
-      bool done = HandleToken(*seq, d.token, want_lp ? &d.lp : nullptr, &chunk);
+      bool done = HandleToken(*seq, d.token, seq->Logprobs(&d.lp), &chunk);
       if (!done && seq->pos >= seq->capacity) {
         seq->out.Finish(FinishReason::kLength, &chunk);
         done = true;
