@@ -460,6 +460,34 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, hk, smem_raw);
 }
 
+// The end of a split in the kernels whose warps each keep their own online softmax over part of
+// every tile (DecodeSingleKernel, DecodeSplitMmaKernel): the warps' states, in shared memory as
+// max sMw and sum sLw [kWarps][kRows] and unnormalised O sOw [kWarps][kRows][D], merge into the
+// split's partial output for query rows 0..rows-1 (row r: o_part row pidx + r * splits, and its
+// lse). A warp whose keys all lay past the end (max -inf) adds nothing.
+template <int D, int kWarps, int kRows>
+__device__ void MergeWarpsToPart(const DecodeAttnParams& p, const float* sMw, const float* sLw,
+                                 const float* sOw, int rows, size_t pidx) {
+  for (int oi = threadIdx.x; oi < rows * D; oi += kThreads) {
+    const int r = oi / D, d = oi % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sMw[w * kRows + r]);
+    float num = 0.f, den = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float m = sMw[w * kRows + r];
+      if (m == -INFINITY) continue;
+      const float f = exp2f(m - M);
+      num += f * sOw[(w * kRows + r) * D + d];
+      den += f * sLw[w * kRows + r];
+    }
+    const size_t row = pidx + static_cast<size_t>(r) * p.splits;
+    p.o_part[row * D + d] = num / den;
+    if (d == 0) p.lse_part[row] = M + log2f(den);
+  }
+}
+
 // Single queries (G = 1: Llama 2 and other multi-head models), DecodeKernel::kSingle. The scalar
 // kernel above spends three block barriers and about 500 instructions a thread per tile; this
 // one, one barrier (the buffer's) and about 330: warp w owns keys [16w, 16w + 16) of every tile
@@ -572,22 +600,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
 #pragma unroll
   for (int c = 0; c < kDims; ++c) sOw[warp * D + lane * kDims + c] = o[c];
   __syncthreads();
-  for (int d = tid; d < D; d += kThreads) {
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sMw[w]);
-    float num = 0.f, den = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float m = sMw[w];
-      if (m == -INFINITY) continue;  // a warp whose keys were all past the end
-      const float f = exp2f(m - M);
-      num += f * sOw[w * D + d];
-      den += f * sLw[w];
-    }
-    p.o_part[split.pidx * D + d] = num / den;
-    if (d == 0) p.lse_part[split.pidx] = M + log2f(den);
-  }
+  MergeWarpsToPart<D, kWarps, 1>(p, sMw, sLw, sOw, 1, split.pidx);
   if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, hk, smem_raw);
 }
 
@@ -738,23 +751,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
     row0[8 * D + 1] = o[nt][3];
   }
   __syncthreads();
-  for (int oi = tid; oi < G * D; oi += kThreads) {
-    const int r = oi / D, d = oi % D;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sMw[w * 16 + r]);
-    float num = 0.f, den = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float m = sMw[w * 16 + r];
-      if (m == -INFINITY) continue;  // a warp whose keys were all past the end
-      const float f = exp2f(m - M);
-      num += f * sOw[(w * 16 + r) * D + d];
-      den += f * sLw[w * 16 + r];
-    }
-    p.o_part[(pidx + static_cast<size_t>(r) * p.splits) * D + d] = num / den;
-    if (d == 0) p.lse_part[pidx + static_cast<size_t>(r) * p.splits] = M + log2f(den);
-  }
+  MergeWarpsToPart<D, kWarps, 16>(p, sMw, sLw, sOw, G, pidx);
   if (p.counters != nullptr) MergeIfLast<T, D, 4>(p, b, hk, smem_raw);
 }
 
