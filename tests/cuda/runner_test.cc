@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "engine/cuda/cuda_runner.h"
 #include "kernels/attention_decode.cuh"
 #include "tests/cuda/gpu_test_util.h"
@@ -56,20 +57,26 @@ std::vector<int32_t> Tokens(int n, int V, int seed) {
   return t;
 }
 
+// Prefill of tokens [s, e) of toks as one chunk at position s of the cache; the last position's
+// logits.
+absl::Status RunChunk(ModelRunner& r, KvCache& cache, const std::vector<int32_t>& toks, int s, int e,
+                      std::vector<float>* logits) {
+  auto chunk = r.BeginChunk(absl::MakeConstSpan(toks).subspan(s, e - s), s, cache);
+  if (!chunk.ok()) return chunk.status();
+  for (int l = 0; l < r.config().num_layers; ++l) {
+    if (absl::Status st = r.LayerQkv(**chunk, l); !st.ok()) return st;
+    if (absl::Status st = r.LayerAttnMlp(**chunk, l); !st.ok()) return st;
+  }
+  return r.FinishChunk(**chunk, logits);
+}
+
 std::vector<float> Prefill(ModelRunner& r, KvCache& cache, const std::vector<int32_t>& toks,
                            std::vector<int> cuts) {
   std::vector<float> logits;
   cuts.insert(cuts.begin(), 0);
   cuts.push_back(static_cast<int>(toks.size()));
   for (size_t c = 0; c + 1 < cuts.size(); ++c) {
-    const int s = cuts[c], e = cuts[c + 1];
-    auto chunk = r.BeginChunk(absl::MakeConstSpan(toks).subspan(s, e - s), s, cache);
-    EXPECT_TRUE(chunk.ok()) << chunk.status();
-    for (int l = 0; l < r.config().num_layers; ++l) {
-      EXPECT_TRUE(r.LayerQkv(**chunk, l).ok());
-      EXPECT_TRUE(r.LayerAttnMlp(**chunk, l).ok());
-    }
-    auto st = r.FinishChunk(**chunk, &logits);
+    const absl::Status st = RunChunk(r, cache, toks, cuts[c], cuts[c + 1], &logits);
     EXPECT_TRUE(st.ok()) << st;
   }
   return logits;
@@ -165,14 +172,8 @@ TEST(CudaRunner, DecodeAcrossTheAttentionPlanBoundary) {
   Prefill(run, **dc, std::vector<int32_t>(toks.begin(), toks.begin() + P), {});
   std::vector<float> ref, got;
   for (int k = 0; k < steps; ++k) {
-    const int s = k == 0 ? 0 : P + k, e = P + k + 1;
-    auto chunk = run.BeginChunk(absl::MakeConstSpan(toks).subspan(s, e - s), s, **rc);
-    ASSERT_TRUE(chunk.ok()) << chunk.status();
-    for (int l = 0; l < cfg.num_layers; ++l) {
-      ASSERT_TRUE(run.LayerQkv(**chunk, l).ok());
-      ASSERT_TRUE(run.LayerAttnMlp(**chunk, l).ok());
-    }
-    ASSERT_TRUE(run.FinishChunk(**chunk, &ref).ok());
+    const absl::Status st = RunChunk(run, **rc, toks, k == 0 ? 0 : P + k, P + k + 1, &ref);
+    ASSERT_TRUE(st.ok()) << st;
     ASSERT_TRUE(run.Decode({DecodeSlot{dc->get(), toks[P + k], P + k}}, &got).ok());
     EXPECT_LT(RelL2(got, ref), 2e-2) << "decode with " << P + k + 1 << " keys";
   }
