@@ -241,21 +241,6 @@ __device__ __forceinline__ KvHead<T> KvHeadOf(const DecodeAttnParams& p, int b, 
           static_cast<size_t>(p.Hkv) * D};
 }
 
-// Copies keys and values [j0, j0 + kTile) of a K/V head (rows past e zero-filled) into tiles dk,
-// dv of kRow elements a row (padded past D) by cp.async, 16 bytes a thread and step.
-template <typename T, int D, int kRow>
-__device__ __forceinline__ void CpAsyncPaddedKvTile(T* dk, T* dv, const KvHead<T>& kv, int j0, int e) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int j = j0 + r;
-    const bool ok = j < e;
-    const size_t off = ok ? static_cast<size_t>(j) * kv.stride + col : 0;
-    CpAsync16(dk + r * kRow + col, kv.k + off, ok ? 16 : 0);
-    CpAsync16(dv + r * kRow + col, kv.v + off, ok ? 16 : 0);
-  }
-}
-
 // How many of the split's first tiles are loaded before PdlWait: up to `most` (fewer than the
 // kernel's stages) of those that hold only keys of earlier steps, written before this step began
 // (the newest, at len - 1, is appended by this kernel or by the RopeAppend kernel just before
@@ -371,7 +356,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const size_t pidx = split.pidx;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   auto load = [&](int j0, int buf) {
-    CpAsyncPaddedKvTile<T, D, kRow>(sK + buf * kTile * kRow, sV + buf * kTile * kRow, kv, j0, e);
+    CpAsyncKvTiles<T, D, kTile, kThreads, kRow, false>(sK + buf * kTile * kRow, sV + buf * kTile * kRow,
+                                                       kv.k, kv.v, j0, e, kv.stride);
   };
   if (!StartSplit<T, D, kScalarStages, 1>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
     return;
@@ -528,7 +514,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
   const int a = split.a, e = split.e;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   auto load = [&](int j0, int buf) {
-    CpAsyncPaddedKvTile<T, D, kRow>(sK + buf * kTile * kRow, sV + buf * kTile * kRow, kv, j0, e);
+    CpAsyncKvTiles<T, D, kTile, kThreads, kRow, false>(sK + buf * kTile * kRow, sV + buf * kTile * kRow,
+                                                       kv.k, kv.v, j0, e, kv.stride);
   };
   if (!StartSplit<T, D, kSingleStages, 1>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
     return;
@@ -635,8 +622,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const size_t pidx = split.pidx;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   auto load = [&](int j0, int buf) {
-    CpAsyncKvTiles<T, D, kTile, kThreads>(sK + buf * kTile * D, sV + buf * kTile * D, kv.k, kv.v, j0, e,
-                                          kv.stride);
+    CpAsyncKvTiles<T, D, kTile, kThreads, D, true>(sK + buf * kTile * D, sV + buf * kTile * D, kv.k, kv.v,
+                                                   j0, e, kv.stride);
   };
   if (!StartSplit<T, D, kMmaStages, 4>(p, b, hk, split, kMmaEarlyTiles, load, sQ, smem_raw)) return;
   const int ntiles = split.tiles;

@@ -20,27 +20,37 @@ __device__ __forceinline__ int Swz(int row, int col) {
   return row * D + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
 }
 
-// 16-byte async copy global -> shared; bytes beyond src_bytes (0 or 16) are zero-filled.
+// 16-byte async copy global -> shared; bytes beyond src_bytes (0 or 16) are zero-filled. The
+// L2::128B hint has the L2 fetch the whole 128-byte line on a miss: the decode-attention kernels
+// stream their K/V rows 1-2% faster with it (docs/benchmarks.md, session 11).
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(smem)),
+  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(smem)),
                "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Key/value rows [j0, j0 + kRows) (row stride `stride` elements in global memory) into two
-// Swz-swizzled (kRows, D) shared tiles by cp.async; rows at or past `end` are zero-filled. Every
-// thread of the kThreads-thread block takes part; the caller commits and waits.
-template <typename T, int D, int kRows, int kThreads>
+// shared (kRows, kSmemRow) tiles by cp.async; rows at or past `end` are zero-filled. kSwizzle:
+// the rows are Swz-swizzled (kSmemRow == D); otherwise padded past D to kSmemRow elements. Every
+// thread of the kThreads-thread block takes part (16 bytes of K and of V a pass); the caller
+// commits and waits. A pass covers kPass rows and a thread's row advances by kPass, a multiple of
+// 8 that keeps its swizzle, so its addresses are its first ones plus constants.
+template <typename T, int D, int kRows, int kThreads, int kSmemRow, bool kSwizzle>
 __device__ __forceinline__ void CpAsyncKvTiles(T* dk, T* dv, const T* gk, const T* gv, int j0,
                                                int end, size_t stride) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int j = j0 + r;
-    const bool ok = j < end;
-    const size_t off = ok ? static_cast<size_t>(j) * stride + col : 0;
-    CpAsync16(dk + Swz<D>(r, col), gk + off, ok ? 16 : 0);
-    CpAsync16(dv + Swz<D>(r, col), gv + off, ok ? 16 : 0);
+  constexpr int kPass = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kPass % 8 == 0 && kRows % kPass == 0, "whole passes");
+  static_assert(!kSwizzle || kSmemRow == D, "swizzled rows are not padded");
+  const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+  const int s0 = kSwizzle ? Swz<D>(r0, col) : r0 * kSmemRow + col;
+  const size_t g0 = static_cast<size_t>(j0 + r0) * stride + col;
+#pragma unroll
+  for (int i = 0; i < kRows / kPass; ++i) {
+    const bool ok = j0 + r0 + i * kPass < end;
+    const size_t g = ok ? g0 + static_cast<size_t>(i) * kPass * stride : 0;
+    CpAsync16(dk + s0 + i * kPass * kSmemRow, gk + g, ok ? 16 : 0);
+    CpAsync16(dv + s0 + i * kPass * kSmemRow, gv + g, ok ? 16 : 0);
   }
 }
 template <int N>
