@@ -8,7 +8,8 @@
 // with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
 // log-sum-exp of its split. Groups of 2..16 queries per K/V head (GQA) run DecodeSplitMmaKernel
 // instead: the same split blocks on mma.sync tensor cores, the G queries as rows of one m-tile
-// (the scalar loop's G dot products per key made the GQA kernel issue-bound, not memory-bound).
+// (the scalar loop's G dot products per key made the GQA kernel issue-bound, not memory-bound),
+// its K/V tiles loaded by the copy engine (TMA) through tensor maps of the caches.
 // Merge: with p.counters set, the last block to finish a (sequence, kv head) merges that head
 // group's splits itself (a counter per group, reset by the merging block: graph replays start
 // from zero again); otherwise kernel 2, block (query head, sequence), merges the splits.
@@ -19,6 +20,8 @@
 // Fused rotary (p.qkv set): every split block rotates its G queries itself (a few sincosf); the
 // one block whose split holds the newest position (len - 1) rotates that key, writes it and the
 // value to the cache, and only then loads its tiles (the other splits never read that row).
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
@@ -157,7 +160,8 @@ __device__ __forceinline__ RopeAngle RopeAngleOf(const DecodeAttnParams& p, int 
 
 // Fused rotary: sQ[g][d] = the rotated query g of kv head hk (rounded to T, as RopeAppend
 // stores it); with `append`, also this head's rotated key and value at position len - 1 into the
-// cache. Ends with a block barrier, so the block's tile loads see the appended row. Pairs
+// cache. Ends with a block barrier (after a proxy fence), so the block's tile loads, the copy
+// engine's included, see the appended row. Pairs
 // (i, i + D/2), angle pos * inv_freq[i] in fp32 (`ang`): RopeAppendKernel's arithmetic. A thread
 // takes rows r0, r0 + kPer, ... (row G is the key); it loads up to 4 rows' pairs before it
 // rotates any, so that their reads are in flight together.
@@ -204,6 +208,7 @@ __device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool a
       }
     }
   }
+  if (append) FenceProxyAsyncGlobal();  // the copy engine may load this row after the barrier
   __syncthreads();
 }
 
@@ -283,22 +288,82 @@ __device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, bool appen
   __syncthreads();
 }
 
-// The start of a split block, shared by both kernels. Loads the split's early tiles (EarlyTiles,
-// up to `most`) and computes its rotary angle, waits for the kernel before (PdlWait), finishes
-// an empty split (false), starts the tiles up to kStages - 2 (the ring's prologue: one commit
-// group per tile, in tile order, empty past the last, so that NextTile's wait count holds) and
-// rotates and loads the queries into sQ. The prologue's tiles are issued before the rotation, so
-// that their loads overlap it, except a tile holding the K/V row the rotation appends.
-// `load(j0, buf)` copies the tile at key j0 into buffer buf by cp.async; kVec is the kernel's
-// MergeIfLast width.
-template <typename T, int D, int kStages, int kVec, typename Load>
-__device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& split,
-                           int most, const Load& load, float* sQ, unsigned char* smem_raw) {
-  const int pre = EarlyTiles(split, most);
-  for (int t = 0; t < pre; ++t) {
-    load(split.a + t * kTile, t);
+// The K/V tile rings of the split kernels. Issue(t) starts tile t of the split (keys
+// [a + t kTile, ...)) into buffer t % kStages, nothing past the split's last tile; Wait(t) returns
+// once tile t has landed and every thread may read it. A buffer is issued again only after a
+// block barrier that follows the last reads of its previous tile.
+// CpAsyncRing (the scalar and single-query kernels): every thread copies 16-byte pieces of the
+// rows (CpAsyncKvTiles, rows padded to kRow, rows at or past e zero-filled), one commit group per
+// tile number (empty past the last) so that the wait count is fixed, and Wait ends with a block
+// barrier.
+template <typename T, int D, int kRow, int kStages>
+struct CpAsyncRing {
+  T* sK;  // [kStages][kTile][kRow]
+  T* sV;  // [kStages][kTile][kRow]
+  KvHead<T> kv;
+  int a, e, tiles;
+  __device__ void Issue(int t) const {
+    if (t < tiles) {
+      const size_t off = static_cast<size_t>(t % kStages) * kTile * kRow;
+      CpAsyncKvTiles<T, D, kTile, kThreads, kRow, false>(sK + off, sV + off, kv.k, kv.v, a + t * kTile, e, kv.stride);
+    }
     CpAsyncCommit();
   }
+  __device__ void Wait(int) const {
+    CpAsyncWait<kStages - 1>();
+    __syncthreads();
+  }
+};
+
+// TmaRing (the tensor-core kernel): thread 0 has the copy engine load each tile as boxes of 64
+// keys x 64 elements of K and of V through the caches' tensor maps (EncodeKvTensorMap), with the
+// 128-byte swizzle: buffer [kStages][D / 64][kTile][64], element (r, c) of a tile at
+// (c / 64) kTile 64 + Swz<64>(r, c % 64); its mbarrier full[buf] completes when both have landed.
+// Keys past the cache's capacity arrive as zeros; keys in [e, capacity) arrive as they are (the
+// kernel zeroes the values of those of its last tile). Cuts the split loop's instructions by
+// a quarter and keeps the L2 from serving every K/V sector twice, as 16-byte cp.async pieces made
+// it (docs/benchmarks.md, session 11).
+template <typename T, int D, int kStages>
+struct TmaRing {
+  T* sK;           // 1024-byte aligned (the swizzle's period)
+  T* sV;
+  uint64_t* full;  // [kStages] mbarriers
+  const CUtensorMap* km;
+  const CUtensorMap* vm;
+  int hk, a, tiles;
+  // Thread 0 sets up the mbarriers and acquires the maps; a block barrier must follow before Issue.
+  __device__ void Init() const {
+    if (threadIdx.x != 0) return;
+    for (int s = 0; s < kStages; ++s) MbarInit(&full[s], 1);
+    FenceMbarInit();
+    FenceTensorMap(km);
+    FenceTensorMap(vm);
+  }
+  __device__ void Issue(int t) const {
+    if (threadIdx.x != 0 || t >= tiles) return;
+    const int buf = t % kStages, j0 = a + t * kTile;
+    MbarArriveExpectTx(&full[buf], 2 * kTile * D * sizeof(T));
+#pragma unroll
+    for (int h = 0; h < D / 64; ++h) {
+      const size_t off = static_cast<size_t>(buf * (D / 64) + h) * kTile * 64;
+      TmaLoad3d(sK + off, km, h * 64, hk, j0, &full[buf]);
+      TmaLoad3d(sV + off, vm, h * 64, hk, j0, &full[buf]);
+    }
+  }
+  __device__ void Wait(int t) const { MbarWait(&full[t % kStages], (t / kStages) & 1); }
+};
+
+// The start of a split block, shared by the kernels. Issues the split's early tiles
+// (EarlyTiles, up to `most`) and computes its rotary angle, waits for the kernel before
+// (PdlWait), finishes an empty split (false), issues the tiles up to kStages - 2 (the ring's
+// prologue) and rotates and loads the queries into sQ. The prologue's tiles are issued before
+// the rotation, so that their loads overlap it, except a tile holding the K/V row the rotation
+// appends. kVec is the kernel's MergeIfLast width.
+template <typename T, int D, int kStages, int kVec, typename Ring>
+__device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& split,
+                           int most, const Ring& ring, float* sQ, unsigned char* smem_raw) {
+  const int pre = EarlyTiles(split, most);
+  for (int t = 0; t < pre; ++t) ring.Issue(t);
   const RopeAngle ang = p.qkv != nullptr ? RopeAngleOf<D>(p, b) : RopeAngle{};
   PdlWait();
   PdlTrigger();
@@ -311,28 +376,19 @@ __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const Split
   const int newest = p.qkv != nullptr ? split.len - 1 : split.len;
   const bool append = p.qkv != nullptr && split.a <= newest && newest < split.e;
   int t = pre;
-  for (; t < kStages - 1 && (t >= split.tiles || min(split.e, split.a + (t + 1) * kTile) <= newest); ++t) {
-    if (t < split.tiles) load(split.a + t * kTile, t);
-    CpAsyncCommit();
-  }
+  for (; t < kStages - 1 && (t >= split.tiles || min(split.e, split.a + (t + 1) * kTile) <= newest); ++t)
+    ring.Issue(t);
   LoadQueries<T, D>(p, b, hk, append, ang, sQ);
-  for (; t < kStages - 1; ++t) {
-    if (t < split.tiles) load(split.a + t * kTile, t);
-    CpAsyncCommit();
-  }
+  for (; t < kStages - 1; ++t) ring.Issue(t);
   return true;
 }
 
-// Iteration `it` of a split's tile loop: starts the tile kStages - 1 ahead (into the buffer read
-// in iteration it - 1, free since that iteration's closing barrier), waits until tile it has
-// landed, then a block barrier.
-template <int kStages, typename Load>
-__device__ __forceinline__ void NextTile(int it, int ntiles, int a, const Load& load) {
-  const int ahead = it + kStages - 1;
-  if (ahead < ntiles) load(a + ahead * kTile, ahead % kStages);
-  CpAsyncCommit();
-  CpAsyncWait<kStages - 1>();
-  __syncthreads();
+// Iteration `it` of a split's tile loop: issues the tile kStages - 1 ahead (into the buffer read
+// in iteration it - 1, free since that iteration's closing barrier) and waits for tile it.
+template <int kStages, typename Ring>
+__device__ __forceinline__ void NextTile(int it, const Ring& ring) {
+  ring.Issue(it + kStages - 1);
+  ring.Wait(it);
 }
 
 template <typename T, int D>
@@ -355,11 +411,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
-  auto load = [&](int j0, int buf) {
-    CpAsyncKvTiles<T, D, kTile, kThreads, kRow, false>(sK + buf * kTile * kRow, sV + buf * kTile * kRow,
-                                                       kv.k, kv.v, j0, e, kv.stride);
-  };
-  if (!StartSplit<T, D, kScalarStages, 1>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
+  const CpAsyncRing<T, D, kRow, kScalarStages> ring{sK, sV, kv, a, e, split.tiles};
+  if (!StartSplit<T, D, kScalarStages, 1>(p, b, hk, split, kScalarEarlyTiles, ring, sQ, smem_raw))
     return;
   for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
@@ -370,7 +423,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   const float scale_log2 = p.scale * 1.4426950408889634f;
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it % kScalarStages, j0 = a + it * kTile;
-    NextTile<kScalarStages>(it, ntiles, a, load);
+    NextTile<kScalarStages>(it, ring);
     const T* tk = sK + buf * kTile * kRow;
     const T* tv = sV + buf * kTile * kRow;
     // Scores: pair (g, j) -> sP[g][j] (scaled, log2 units; -inf past the end). With one query
@@ -513,11 +566,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
   const SplitKeys split = SplitOf(p, b, hk, sp);
   const int a = split.a, e = split.e;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
-  auto load = [&](int j0, int buf) {
-    CpAsyncKvTiles<T, D, kTile, kThreads, kRow, false>(sK + buf * kTile * kRow, sV + buf * kTile * kRow,
-                                                       kv.k, kv.v, j0, e, kv.stride);
-  };
-  if (!StartSplit<T, D, kSingleStages, 1>(p, b, hk, split, kScalarEarlyTiles, load, sQ, smem_raw))
+  const CpAsyncRing<T, D, kRow, kSingleStages> ring{sK, sV, kv, a, e, split.tiles};
+  if (!StartSplit<T, D, kSingleStages, 1>(p, b, hk, split, kScalarEarlyTiles, ring, sQ, smem_raw))
     return;
   float q[kOwn * 8];  // this lane's query chunks 2i + half
 #pragma unroll
@@ -533,7 +583,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
   const int key = warp * kKeys + (lane >> 1);  // this lane pair's key in a tile
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it % kSingleStages, j0 = a + it * kTile;
-    NextTile<kSingleStages>(it, ntiles, a, load);
+    NextTile<kSingleStages>(it, ring);
     const T* tk = sK + buf * kTile * kRow;
     const T* tv = sV + buf * kTile * kRow;
     float acc = 0.f;
@@ -595,10 +645,10 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
 // of one 16-row m-tile (rows G..15 zero), so every K/V element read from shared memory serves all
 // G queries through mma.sync instead of G scalar products. Same block, grid, split ranges, fused
 // rotary and outputs (o_part / lse_part, then MergeIfLast) as DecodeSplitKernel. K/V tiles of 64
-// keys in a ring of kMmaStages buffers filled by cp.async, row-major with Swz's XOR swizzle (no
-// padding). Warp w owns keys [16w, 16w + 16) of every tile with its own online softmax (S = Q K^T:
-// 16 x 16 per warp in fp32; P rounded to T for O += P V, as the prefill kernel does); at the end of
-// the split the 4 warps' (max, sum, O) merge through shared memory.
+// keys in a ring of kMmaStages buffers filled by the copy engine (TmaRing: boxes of 64 keys x 64
+// elements, 128-byte swizzle). Warp w owns keys [16w, 16w + 16) of every tile with its own online
+// softmax (S = Q K^T: 16 x 16 per warp in fp32; P rounded to T for O += P V, as the prefill kernel
+// does); at the end of the split the 4 warps' (max, sum, O) merge through shared memory.
 template <int D>
 __host__ __device__ constexpr size_t MmaTileSmemBytes(size_t elem) {
   return 2 * kMmaStages * static_cast<size_t>(kTile) * D * elem;
@@ -613,19 +663,20 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;  // mma fragment coordinates: rows g and g + 8
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);  // [kMmaStages][kTile][D], swizzled
-  T* sV = sK + kMmaStages * kTile * D;     // [kMmaStages][kTile][D], swizzled
-  float* sQ = reinterpret_cast<float*>(smem_raw + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D]
+  // The tiles start at the first 1024-byte boundary (KernelFor's shared memory leaves room).
+  unsigned char* tiles = smem_raw + ((1024 - (SmemAddr(smem_raw) & 1023)) & 1023);
+  T* sK = reinterpret_cast<T*>(tiles);   // [kMmaStages][D / 64][kTile][64], TmaRing's layout
+  T* sV = sK + kMmaStages * kTile * D;   // likewise
+  float* sQ = reinterpret_cast<float*>(tiles + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D]
 
   const SplitKeys split = SplitOf(p, b, hk, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
-  const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
-  auto load = [&](int j0, int buf) {
-    CpAsyncKvTiles<T, D, kTile, kThreads, D, true>(sK + buf * kTile * D, sV + buf * kTile * D, kv.k, kv.v,
-                                                   j0, e, kv.stride);
-  };
-  if (!StartSplit<T, D, kMmaStages, 4>(p, b, hk, split, kMmaEarlyTiles, load, sQ, smem_raw)) return;
+  __shared__ uint64_t full[kMmaStages];
+  const TmaRing<T, D, kMmaStages> ring{sK, sV, full, p.k_maps + b, p.v_maps + b, hk, a, split.tiles};
+  ring.Init();
+  __syncthreads();
+  if (!StartSplit<T, D, kMmaStages, 4>(p, b, hk, split, kMmaEarlyTiles, ring, sQ, smem_raw)) return;
   const int ntiles = split.tiles;
 
   // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
@@ -646,9 +697,21 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
 
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it % kMmaStages, j0 = a + it * kTile;
-    NextTile<kMmaStages>(it, ntiles, a, load);
+    NextTile<kMmaStages>(it, ring);
     const T* tk = sK + buf * kTile * D;
     const T* tv = sV + buf * kTile * D;
+    // Element (r, c) of this tile (TmaRing's layout).
+    auto at = [](int r, int c) { return (c >> 6) * (kTile * 64) + Swz<64>(r, c & 63); };
+    if (j0 + kTile > e) {
+      // The split's last tile, past its keys: zero those values (they may hold anything, NaN
+      // included, and P V would carry it); their scores are masked below.
+      T* vt = sV + buf * kTile * D;
+      for (int c = tid; c < (j0 + kTile - e) * (D / 8); c += kThreads) {
+        const int r = e - j0 + c / (D / 8), h = (c % (D / 8)) / 8, k = c % 8;
+        *reinterpret_cast<uint4*>(vt + h * (kTile * 64) + r * 64 + k * 8) = make_uint4(0, 0, 0, 0);
+      }
+      __syncthreads();
+    }
     // S = Q K^T over this warp's 16 keys: two 8-key n-tiles.
     float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -656,7 +719,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
       uint32_t bk[4];
       const int r = warp * 16 + (lane & 7) + ((lane >> 4) << 3);
       const int col = kk * 16 + ((lane >> 3) & 1) * 8;
-      LdMatrixX4(bk, tk + Swz<D>(r, col));
+      LdMatrixX4(bk, tk + at(r, col));
       Mma16816<T>(sacc[0], qf[kk], bk[0], bk[1]);
       Mma16816<T>(sacc[1], qf[kk], bk[2], bk[3]);
     }
@@ -707,7 +770,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
       uint32_t bv[4];
       const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
       const int col = nt * 8 + (lane >> 4) * 8;
-      LdMatrixX4Trans(bv, tv + Swz<D>(r, col));
+      LdMatrixX4Trans(bv, tv + at(r, col));
       Mma16816<T>(o[nt], pa, bv[0], bv[1]);
       Mma16816<T>(o[nt + 1], pa, bv[2], bv[3]);
     }
@@ -787,7 +850,8 @@ void KernelFor(DecodeKernel kind, int G, int splits, void (**kernel)(DecodeAttnP
     case DecodeKernel::kMma: {
       *kernel = DecodeSplitMmaKernel<T, D>;
       const size_t merge = (2 * 4 * 16 + 4 * 16 * static_cast<size_t>(D)) * sizeof(float);
-      *smem = std::max({MmaTileSmemBytes<D>(sizeof(T)), merge, MergeSmemBytes(G, splits)}) +
+      // + 1 KB: the tiles start at a 1024-byte boundary.
+      *smem = std::max({MmaTileSmemBytes<D>(sizeof(T)) + 1024, merge, MergeSmemBytes(G, splits)}) +
               static_cast<size_t>(G) * D * sizeof(float);
       return;
     }
@@ -851,11 +915,38 @@ DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int 
   return plan;
 }
 
+cudaError_t EncodeKvTensorMap(DType dt, const void* base, int capacity, int Hkv, int D, CUtensorMap* map) {
+  // cuTensorMapEncodeTiled is a driver function: taken through the runtime, so that nothing links
+  // the driver library directly.
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  if (base == nullptr || capacity < 1 || Hkv < 1 || (D != 64 && D != 128)) return cudaErrorInvalidValue;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(Hkv),
+                              static_cast<cuuint64_t>(capacity)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(Hkv) * D * 2};  // bytes
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(kTile)};
+  const cuuint32_t step[3] = {1, 1, 1};
+  const CUresult r = encode(map, dt == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                            3, const_cast<void*>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream) {
   if (p.B <= 0) return cudaSuccess;
   if (p.Hkv <= 0 || p.Hq % p.Hkv != 0 || (p.D != 64 && p.D != 128) || p.splits < 1 ||
       (p.Hq / p.Hkv) * p.D > 8192 || (p.kernel == DecodeKernel::kSingle && p.Hq != p.Hkv) ||
-      (p.qkv != nullptr && (p.inv_freq == nullptr || p.k_out == nullptr || p.v_out == nullptr)))
+      (p.qkv != nullptr && (p.inv_freq == nullptr || p.k_out == nullptr || p.v_out == nullptr)) ||
+      (Resolve(p.kernel, p.Hq / p.Hkv) == DecodeKernel::kMma && (p.k_maps == nullptr || p.v_maps == nullptr)))
     return cudaErrorInvalidValue;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
     return p.D == 64 ? Launch<T, 64>(p, stream) : Launch<T, 128>(p, stream);

@@ -12,6 +12,8 @@
 // Host-includable: declarations only; the kernels live in attention_decode.cu.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
+
 #include <cstdint>
 
 #include "kernels/cuda_check.h"
@@ -50,7 +52,17 @@ struct DecodeAttnParams {
   const float* inv_freq = nullptr;
   void* const* k_out = nullptr;
   void* const* v_out = nullptr;
+  // (B) device arrays of tensor maps of the same caches (EncodeKvTensorMap): the tensor-core
+  // kernel (kMma) loads its K/V tiles through them with the copy engine. Required for kMma.
+  const CUtensorMap* k_maps = nullptr;
+  const CUtensorMap* v_maps = nullptr;
 };
+
+// The tensor map through which the tensor-core decode kernel reads one layer's K (or V) cache of
+// a sequence, `base` (capacity, Hkv, D) T token-major: a 3-D tensor (D, Hkv, capacity), innermost
+// first, read in boxes of 64 elements x 1 head x 64 keys with the 128-byte swizzle (a box row is
+// 128 bytes). Host function; the map is copied to device memory for DecodeAttnParams.
+cudaError_t EncodeKvTensorMap(DType dt, const void* base, int capacity, int Hkv, int D, CUtensorMap* map);
 
 // How a decode step's attention runs: the kernel and its split count, planned on the host from
 // the shapes and the class of the step's longest cache (DecodeLengthClass). A captured graph
@@ -70,7 +82,8 @@ constexpr int kDecodeLengthClasses = 2;  // 0: at most kDecodeSingleMaxLen keys;
 inline int DecodeLengthClass(int max_len) { return max_len <= kDecodeSingleMaxLen ? 0 : 1; }
 DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int length_class);
 
-// Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1.
+// Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1; kMma (kAuto
+// for 2 <= G <= 16) needs k_maps and v_maps.
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream);
 
 }  // namespace kvr::kernels

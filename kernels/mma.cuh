@@ -53,6 +53,54 @@ __device__ __forceinline__ void CpAsyncKvTiles(T* dk, T* dv, const T* gk, const 
     CpAsync16(dv + s0 + i * kPass * kSmemRow, gv + g, ok ? 16 : 0);
   }
 }
+// The copy engine (TMA): tensor tiles into shared memory, completing on an mbarrier. An
+// mbarrier is a 64-bit shared word; one with an arrival count of 1 completes a phase when its
+// arrival (MbarArriveExpectTx, which also announces the bytes to come) has happened and those
+// bytes have landed. Phases alternate parity 0, 1, 0, ...; MbarWait(bar, parity) returns once the
+// phase of that parity has completed.
+__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
+}
+// After MbarInit, before a block barrier: the initialised mbarriers are seen by the copy engine.
+__device__ __forceinline__ void FenceMbarInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(SmemAddr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// A tensor map in global memory (written by a host copy) is read through the tensor-map proxy:
+// this orders it after the copy for the copy engine's later use of the map.
+__device__ __forceinline__ void FenceTensorMap(const void* map) {
+  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(map) : "memory");
+}
+// The box of `map` at coordinates (c0, c1, c2) (innermost first) into shared memory at smem
+// (1024-byte aligned for the 128-byte swizzle), completing its bytes on bar. Elements outside
+// the tensor are zero-filled.
+__device__ __forceinline__ void TmaLoad3d(void* smem, const void* map, int c0, int c1, int c2, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(SmemAddr(smem)),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(SmemAddr(bar))
+      : "memory");
+}
+// Orders this thread's earlier global writes (generic proxy) before later copy-engine reads of
+// them (async proxy), once a block barrier separates the two.
+__device__ __forceinline__ void FenceProxyAsyncGlobal() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));

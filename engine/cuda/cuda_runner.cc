@@ -81,9 +81,9 @@ class Carver {
 class CudaKvCache : public KvCache {
  public:
   CudaKvCache(const void* owner, int device, cudaStream_t stream, int capacity, int layers,
-              size_t bytes_per_token, std::byte* mem, bool zeroed)
+              size_t bytes_per_token, std::byte* mem, bool zeroed, std::vector<CUtensorMap> maps)
       : owner_(owner), device_(device), stream_(stream), capacity_(capacity), layers_(layers),
-        bytes_per_token_(bytes_per_token), mem_(mem), zeroed_(zeroed) {}
+        bytes_per_token_(bytes_per_token), mem_(mem), zeroed_(zeroed), maps_(std::move(maps)) {}
   ~CudaKvCache() override {
     int prev = 0;
     cudaGetDevice(&prev);
@@ -106,6 +106,10 @@ class CudaKvCache : public KvCache {
   // Zeroed at allocation: every row holds zeros or what was written since (finite keys and
   // values), so a cuDNN bucketed plan may read rows past a sequence's length.
   bool zeroed() const { return zeroed_; }
+  // The tensor maps of layer l's K (kv = 0) and V (kv = 1) through which the tensor-core decode
+  // kernel reads them (kernels::EncodeKvTensorMap); empty when the runner's heads have none.
+  bool has_maps() const { return !maps_.empty(); }
+  const CUtensorMap& map(int l, int kv) const { return maps_[2 * l + kv]; }
 
  private:
   const void* owner_;
@@ -115,6 +119,7 @@ class CudaKvCache : public KvCache {
   size_t bytes_per_token_;
   std::byte* mem_;
   bool zeroed_;
+  std::vector<CUtensorMap> maps_;  // [layer][K, V]
 };
 
 // Part of a row-major matrix of 2-byte elements: the listed row ranges (begin, count), one
@@ -511,9 +516,23 @@ class CudaRunner : public ModelRunner {
       cudaFreeAsync(mem, stream_);
       return CudaStatus(e, zero ? "KV-cache zeroing" : "KV-cache allocation");
     }
+    // Tensor maps for the tensor-core decode kernel (head sizes 64 and 128, which it takes).
+    std::vector<CUtensorMap> maps;
+    if (cfg_.head_dim == 64 || cfg_.head_dim == 128) {
+      maps.resize(2 * static_cast<size_t>(cfg_.num_layers));
+      const size_t per = static_cast<size_t>(capacity) * bpt;
+      for (int l = 0; l < cfg_.num_layers && e == cudaSuccess; ++l)
+        for (int kv = 0; kv < 2 && e == cudaSuccess; ++kv)
+          e = K::EncodeKvTensorMap(dt_, mem + (2 * l + kv) * per, capacity, cfg_.num_kv_heads, cfg_.head_dim,
+                                   &maps[2 * l + kv]);
+      if (e != cudaSuccess) {
+        cudaFreeAsync(mem, stream_);
+        return CudaStatus(e, "KV-cache tensor maps");
+      }
+    }
     pool_peak_ = std::max<uint64_t>(pool_peak_, used + bytes + chunk);
-    return std::unique_ptr<KvCache>(
-        new CudaKvCache(this, device_, stream_, capacity, cfg_.num_layers, bpt, mem, zero));
+    return std::unique_ptr<KvCache>(new CudaKvCache(this, device_, stream_, capacity, cfg_.num_layers, bpt, mem,
+                                                    zero, std::move(maps)));
   }
 
   absl::StatusOr<std::unique_ptr<ChunkState>> BeginChunk(absl::Span<const int32_t> tokens, int start,
@@ -611,6 +630,8 @@ class CudaRunner : public ModelRunner {
     int32_t* len = pos + B;
     auto** kt = reinterpret_cast<void**>(host_tab_ + TabPtrOffset(B));
     void** vt = kt + static_cast<size_t>(L) * B;
+    auto* km = reinterpret_cast<CUtensorMap*>(host_tab_ + TabMapOffset(B));
+    CUtensorMap* vm = km + static_cast<size_t>(L) * B;
     for (int b = 0; b < B; ++b) {
       const DecodeSlot& s = batch[b];
       if (s.cache == nullptr) return absl::InvalidArgumentError("decode slot without a cache");
@@ -626,6 +647,10 @@ class CudaRunner : public ModelRunner {
         const KvLayerView v = c->layer(l);
         kt[static_cast<size_t>(l) * B + b] = v.k;
         vt[static_cast<size_t>(l) * B + b] = v.v;
+        if (c->has_maps()) {
+          km[static_cast<size_t>(l) * B + b] = c->map(l, 0);
+          vm[static_cast<size_t>(l) * B + b] = c->map(l, 1);
+        }
       }
     }
     KVR_CU(cudaMemcpyAsync(dev_tab_, host_tab_, TabBytes(B), cudaMemcpyHostToDevice, stream_));
@@ -863,8 +888,11 @@ class CudaRunner : public ModelRunner {
     for (const K::DecodeAttnPlan& p : plans_[B]) most = std::max(most, p.splits);
     return static_cast<size_t>(B) * most;
   }
+  // The decode table (host_tab_, copied to dev_tab_ each step): ids, pos, len (B int32 each); K
+  // and V cache pointers [L][B] each; K and V tensor maps [L][B] each.
   size_t TabPtrOffset(int B) const { return AlignUp(3ull * B * sizeof(int32_t)); }
-  size_t TabBytes(int B) const { return TabPtrOffset(B) + 2ull * cfg_.num_layers * B * sizeof(void*); }
+  size_t TabMapOffset(int B) const { return AlignUp(TabPtrOffset(B) + 2ull * cfg_.num_layers * B * sizeof(void*)); }
+  size_t TabBytes(int B) const { return TabMapOffset(B) + 2ull * cfg_.num_layers * B * sizeof(CUtensorMap); }
 
   struct DecodeBuffers {
     float* x = nullptr;
@@ -976,6 +1004,8 @@ class CudaRunner : public ModelRunner {
     int32_t* dlen = dpos + B;
     auto** dkt = reinterpret_cast<void**>(static_cast<std::byte*>(dev_tab_) + TabPtrOffset(B));
     void** dvt = dkt + static_cast<size_t>(L) * B;
+    auto* dkm = reinterpret_cast<const CUtensorMap*>(static_cast<std::byte*>(dev_tab_) + TabMapOffset(B));
+    const CUtensorMap* dvm = dkm + static_cast<size_t>(L) * B;
     KVR_CU(K::EmbeddingLookup(dt_, embed_, dids, B, C, cfg_.vocab_size, dec_.x, stream_));
     for (int l = 0; l < L; ++l) {
       const DevLayer& w = layers_[l];
@@ -996,6 +1026,8 @@ class CudaRunner : public ModelRunner {
       ap.q = dec_.q;
       ap.k_table = const_cast<const void* const*>(rp.k_table);
       ap.v_table = const_cast<const void* const*>(rp.v_table);
+      ap.k_maps = dkm + static_cast<size_t>(l) * B;
+      ap.v_maps = dvm + static_cast<size_t>(l) * B;
       ap.len = dlen;
       ap.out = dec_.attn;
       ap.o_part = dec_.o_part;

@@ -750,6 +750,18 @@ const char* KernelName(DecodeKernel k) {
   }
 }
 
+// Tensor maps (EncodeKvTensorMap) of the caches at ptrs[b], caps[b] tokens each, in device
+// memory: what the tensor-core kernel reads its tiles through.
+std::unique_ptr<DeviceBuffer<CUtensorMap>> KvMaps(DType dt, const std::vector<const void*>& ptrs,
+                                                  const std::vector<int>& caps, int Hkv, int D) {
+  std::vector<CUtensorMap> maps(ptrs.size());
+  for (size_t b = 0; b < ptrs.size(); ++b)
+    EXPECT_EQ(EncodeKvTensorMap(dt, ptrs[b], caps[b], Hkv, D, &maps[b]), cudaSuccess);
+  auto d = std::make_unique<DeviceBuffer<CUtensorMap>>(maps.size());
+  EXPECT_EQ(d->Upload(maps), cudaSuccess);
+  return d;
+}
+
 TEST(Kernels, DecodeAttention) {
   std::mt19937 rng(7);
   const DecodeCase cases[] = {
@@ -771,8 +783,10 @@ TEST(Kernels, DecodeAttention) {
       std::vector<HalfData> ks, vs;
       std::vector<DeviceBuffer<uint16_t>*> bufs;
       std::vector<const void*> kt, vt;
+      std::vector<int> caps;
       for (int b = 0; b < B; ++b) {
         const int cap = c.lens[b] + 7;
+        caps.push_back(cap);
         ks.push_back(RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng));
         vs.push_back(RandomHalf(dt, static_cast<size_t>(cap) * c.Hkv * c.D, 1.f, rng));
         for (size_t i = static_cast<size_t>(c.lens[b]) * c.Hkv * c.D; i < ks[b].h.size(); ++i)
@@ -794,6 +808,7 @@ TEST(Kernels, DecodeAttention) {
       CUDA_OK(dq.Upload(q.h));
       CUDA_OK(dkt.Upload(kt));
       CUDA_OK(dvt.Upload(vt));
+      auto kmaps = KvMaps(dt, kt, caps, c.Hkv, c.D), vmaps = KvMaps(dt, vt, caps, c.Hkv, c.D);
       std::vector<int32_t> lens(c.lens.begin(), c.lens.end());
       CUDA_OK(dlen.Upload(lens));
       // Both merges: a second kernel, and the last split block (counters); the in-kernel merge
@@ -807,6 +822,7 @@ TEST(Kernels, DecodeAttention) {
         CUDA_OK(lpart.Poison());
         DecodeAttnParams p;
         p.q = dq.get(); p.k_table = dkt.get(); p.v_table = dvt.get(); p.len = dlen.get();
+        p.k_maps = kmaps->get(); p.v_maps = vmaps->get();
         p.out = dout.get(); p.o_part = opart.get(); p.lse_part = lpart.get();
         p.B = B; p.Hq = c.Hq; p.Hkv = c.Hkv; p.D = c.D; p.splits = c.splits; p.window = c.window;
         p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
@@ -864,7 +880,9 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       std::vector<HalfData> ks, vs;
       std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> bufs;
       std::vector<void*> kt[2], vt[2];
+      std::vector<int> caps;
       for (int b = 0; b < B; ++b) {
+        caps.push_back(c.lens[b] + 7);
         const size_t cap = static_cast<size_t>(c.lens[b] + 7) * c.Hkv * D;
         ks.push_back(RandomHalf(dt, cap, 1.f, rng));
         vs.push_back(RandomHalf(dt, cap, 1.f, rng));
@@ -896,6 +914,11 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       CUDA_OK(dkt1.Upload(kt[1]));
       CUDA_OK(dvt1.Upload(vt[1]));
       CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hkv));
+      std::unique_ptr<DeviceBuffer<CUtensorMap>> kmaps[2], vmaps[2];
+      for (int copy = 0; copy < 2; ++copy) {
+        kmaps[copy] = KvMaps(dt, {kt[copy].begin(), kt[copy].end()}, caps, c.Hkv, D);
+        vmaps[copy] = KvMaps(dt, {vt[copy].begin(), vt[copy].end()}, caps, c.Hkv, D);
+      }
       CUDA_OK(out0.Poison());
       CUDA_OK(out1.Poison());
       DecodeAttnParams p;
@@ -910,6 +933,7 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       pf.v_table = reinterpret_cast<const void* const*>(dvt0.get());
       pf.qkv = dqkv.get(); pf.inv_freq = dinv.get(); pf.k_out = dkt0.get(); pf.v_out = dvt0.get();
       pf.out = out0.get();
+      pf.k_maps = kmaps[0]->get(); pf.v_maps = vmaps[0]->get();
       CUDA_OK(DecodeAttention(dt, pf, nullptr));
       // RopeAppend, then the plain kernel, into copy 1.
       RopeAppendParams rp;
@@ -921,6 +945,7 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       pu.k_table = reinterpret_cast<const void* const*>(dkt1.get());
       pu.v_table = reinterpret_cast<const void* const*>(dvt1.get());
       pu.out = out1.get();
+      pu.k_maps = kmaps[1]->get(); pu.v_maps = vmaps[1]->get();
       CUDA_OK(DecodeAttention(dt, pu, nullptr));
       CUDA_OK(cudaDeviceSynchronize());
       const std::string tag = "B=" + std::to_string(B) + " Hq=" + std::to_string(c.Hq) + " D=" + std::to_string(D) +
