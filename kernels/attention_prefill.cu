@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) PrefillAttnKernel(PrefillAttnP
   }
   auto load_kv = [&](int tile, int buf) {
     CpAsyncKvTiles<T, D, kBc, kThreads, D, true>(sK + buf * kBc * D, sV + buf * kBc * D, gk, gv,
-                                        kbeg + tile * kBc, kend, kv_stride);
+                                                 kbeg + tile * kBc, kend, kv_stride);
   };
   load_kv(0, 0);
   CpAsyncCommit();

@@ -53,6 +53,7 @@ __device__ __forceinline__ void CpAsyncKvTiles(T* dk, T* dv, const T* gk, const 
     CpAsync16(dv + s0 + i * kPass * kSmemRow, gv + g, ok ? 16 : 0);
   }
 }
+
 // The copy engine (TMA): tensor tiles into shared memory, completing on an mbarrier. An
 // mbarrier is a 64-bit shared word; one with an arrival count of 1 completes a phase when its
 // arrival (MbarArriveExpectTx, which also announces the bytes to come) has happened and those
