@@ -351,6 +351,19 @@ struct TmaRing {
     }
   }
   __device__ void Wait(int t) const { MbarWait(&full[t % kStages], (t / kStages) & 1); }
+  // Element (r, c) of a tile, from its buffer's start.
+  __device__ static int At(int r, int c) { return (c >> 6) * (kTile * 64) + Swz<64>(r, c & 63); }
+  // Zeroes the values of buffer buf's keys [from, kTile): the split's last tile, whose keys past
+  // the split arrive as the cache holds them (anything, NaN included, which P V would carry; their
+  // scores are masked). Then a block barrier. Every thread calls it.
+  __device__ void ZeroValuesFrom(int buf, int from) const {
+    T* v = sV + buf * kTile * D;
+    for (int c = threadIdx.x; c < (kTile - from) * (D / 8); c += kThreads) {
+      const int r = from + c / (D / 8), h = (c % (D / 8)) / 8, k = c % 8;  // a row's 16-byte pieces
+      *reinterpret_cast<uint4*>(v + h * (kTile * 64) + r * 64 + k * 8) = make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+  }
 };
 
 // The start of a split block, shared by the kernels. Issues the split's early tiles
@@ -673,7 +686,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
   __shared__ uint64_t full[kMmaStages];
-  const TmaRing<T, D, kMmaStages> ring{sK, sV, full, p.k_maps + b, p.v_maps + b, hk, a, split.tiles};
+  using Ring = TmaRing<T, D, kMmaStages>;
+  const Ring ring{sK, sV, full, p.k_maps + b, p.v_maps + b, hk, a, split.tiles};
   ring.Init();
   __syncthreads();
   if (!StartSplit<T, D, kMmaStages, 4>(p, b, hk, split, kMmaEarlyTiles, ring, sQ, smem_raw)) return;
@@ -700,18 +714,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
     NextTile<kMmaStages>(it, ring);
     const T* tk = sK + buf * kTile * D;
     const T* tv = sV + buf * kTile * D;
-    // Element (r, c) of this tile (TmaRing's layout).
-    auto at = [](int r, int c) { return (c >> 6) * (kTile * 64) + Swz<64>(r, c & 63); };
-    if (j0 + kTile > e) {
-      // The split's last tile, past its keys: zero those values (they may hold anything, NaN
-      // included, and P V would carry it); their scores are masked below.
-      T* vt = sV + buf * kTile * D;
-      for (int c = tid; c < (j0 + kTile - e) * (D / 8); c += kThreads) {
-        const int r = e - j0 + c / (D / 8), h = (c % (D / 8)) / 8, k = c % 8;
-        *reinterpret_cast<uint4*>(vt + h * (kTile * 64) + r * 64 + k * 8) = make_uint4(0, 0, 0, 0);
-      }
-      __syncthreads();
-    }
+    if (j0 + kTile > e) ring.ZeroValuesFrom(buf, e - j0);  // scores masked below
     // S = Q K^T over this warp's 16 keys: two 8-key n-tiles.
     float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -719,7 +722,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
       uint32_t bk[4];
       const int r = warp * 16 + (lane & 7) + ((lane >> 4) << 3);
       const int col = kk * 16 + ((lane >> 3) & 1) * 8;
-      LdMatrixX4(bk, tk + at(r, col));
+      LdMatrixX4(bk, tk + Ring::At(r, col));
       Mma16816<T>(sacc[0], qf[kk], bk[0], bk[1]);
       Mma16816<T>(sacc[1], qf[kk], bk[2], bk[3]);
     }
@@ -770,7 +773,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
       uint32_t bv[4];
       const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
       const int col = nt * 8 + (lane >> 4) * 8;
-      LdMatrixX4Trans(bv, tv + at(r, col));
+      LdMatrixX4Trans(bv, tv + Ring::At(r, col));
       Mma16816<T>(o[nt], pa, bv[0], bv[1]);
       Mma16816<T>(o[nt + 1], pa, bv[2], bv[3]);
     }
