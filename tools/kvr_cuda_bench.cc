@@ -7,7 +7,7 @@
 //                  [--reps 5] [--dtype bf16|fp16] [--variant 0..3] [--out bench.json]
 //                  [--attn_impl mma,cudnn] [--attn_prefix S]
 //                  [--serve_lens 3001,5500,9000,12345,16000] [--serve_chunk 2048]
-//                  [--gemv_bench 0|1] [--floors 0|1] [--prefill_at S]
+//                  [--gemv_bench 0|1] [--floors 0|1] [--prefill_at S] [--profile_step 0|1]
 //
 // Measures, each the median of --reps after warm-ups:
 //   floors   device-to-device copy bandwidth (bytes read + written) and a 8192^3 matrix product
@@ -33,7 +33,12 @@
 //            buckets pays it); totals per implementation, builds included;
 //   --floors 0 skips the floors (for profilers that should see only the model's kernels).
 //   decode   inter-token latency at batch 1 with a cache of C tokens (host clock per Decode call,
-//            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth.
+//            CUDA graph replay), against the floor bytes(weights read + K/V read) / copy bandwidth;
+//            then the same steps timed by parts on the device (kernels, table and logits copies,
+//            the rest host work: SetCudaDecodeTiming). --profile_step 1 brackets one of those
+//            steps with cudaProfilerStart / Stop, for a profiler started with profiling off
+//            (Nsight Compute: --profile-from-start off --graph-profiling graph).
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -145,7 +150,7 @@ int main(int argc, char** argv) {
   std::string prefill_s = "4096,8192,16384,32768", attn_s = "4096,8192,16384,32768", decode_s = "4096,32768";
   std::string attn_impl_s = "mma", serve_lens_s = "3001,5500,9000,12345,16000";
   int layers = 0, hidden = 0, ffn = 0, reps = 5, variant = 0, attn_prefix = 0, serve_chunk = 2048, gemv_bench = 1, floors = 1,
-      prefill_at = 0;
+      prefill_at = 0, profile_step = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -166,6 +171,7 @@ int main(int argc, char** argv) {
     else if (a == "--serve_chunk") serve_chunk = std::atoi(next().c_str());
     else if (a == "--gemv_bench") gemv_bench = std::atoi(next().c_str());
     else if (a == "--floors") floors = std::atoi(next().c_str());
+    else if (a == "--profile_step") profile_step = std::atoi(next().c_str());
     else if (a == "--prefill_at") prefill_at = std::atoi(next().c_str());
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
@@ -487,6 +493,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<kvr::ModelRunner> runner;
   out["attn_variant"] = variant;
   std::vector<float> logits;
+  absl::Span<const float> step_logits;
   for (const std::string& impl : attn_impls) {
     runner.reset();
     kvr::CudaRunnerOptions opt;
@@ -564,7 +571,7 @@ int main(int argc, char** argv) {
     for (int rep = 0; rep < 20 + 3; ++rep) {
       const auto t0 = Clock::now();
       kvr::DecodeSlot slot{cache->get(), 17, n};
-      Check(r.Decode({slot}, &logits), "decode");
+      Check(r.Decode({slot}, &step_logits), "decode");
       if (rep >= 3) t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
     const double ms = Median(t);
@@ -576,6 +583,34 @@ int main(int argc, char** argv) {
                              {"bytes", bytes}});
     std::printf("decode ctx %6d: ITL %7.3f ms  floor %7.3f ms (%.2f GB at %.0f GB/s)  ratio %.2f\n", n, ms,
                 floor_ms, bytes / 1e9, copy_gbs, ms / floor_ms);
+    // The same steps with device events around their parts: how much of the ITL is the kernels,
+    // the table and logits copies, and host work (the rest). A separate loop: the events cost a
+    // few microseconds of host time a step.
+    Check(kvr::SetCudaDecodeTiming(r, true), "timing");
+    std::vector<double> tt, tk, tl, ti;
+    for (int rep = 0; rep < 20 + 3; ++rep) {
+      const auto t0 = Clock::now();
+      kvr::DecodeSlot slot{cache->get(), 17, n};
+      const bool profiled = profile_step != 0 && rep == 10;
+      if (profiled) Check(cudaProfilerStart(), "profiler start");
+      Check(r.Decode({slot}, &step_logits), "decode");
+      if (profiled) Check(cudaProfilerStop(), "profiler stop");
+      const double itl = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      auto times = kvr::LastCudaDecodeTimes(r);
+      Check(times.status(), "times");
+      if (rep >= 3) {
+        ti.push_back(itl);
+        tt.push_back(times->table_ms);
+        tk.push_back(times->step_ms);
+        tl.push_back(times->logits_ms);
+      }
+    }
+    Check(kvr::SetCudaDecodeTiming(r, false), "timing");
+    const double kern = Median(tk), itl_t = Median(ti);
+    out["decode"].back()["timed"] = {{"itl_ms", itl_t}, {"kernels_ms", kern}, {"table_ms", Median(tt)},
+                                     {"logits_ms", Median(tl)}};
+    std::printf("decode ctx %6d, timed: ITL %7.3f ms = kernels %7.3f (ratio %.2f) + table %.3f + logits %.3f + host %.3f\n",
+                n, itl_t, kern, kern / floor_ms, Median(tt), Median(tl), itl_t - kern - Median(tt) - Median(tl));
   }
   if (!out_path.empty()) std::ofstream(out_path) << out.dump(1) << "\n";
   return 0;

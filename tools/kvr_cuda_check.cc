@@ -107,8 +107,10 @@ int main(int argc, char** argv) {
     const int32_t tok = s < static_cast<int>(forced.size()) ? forced[s] : ids.back();
     const auto t0 = Clock::now();
     kvr::DecodeSlot slot{cache->get(), tok, C + s};
-    auto st = runner.Decode({slot}, &logits);
+    absl::Span<const float> out;
+    auto st = runner.Decode({slot}, &out);
     if (!st.ok()) return Fail(st.ToString());
+    logits.assign(out.begin(), out.end());
     step_ms.push_back(ms(t0, Clock::now()));
     all.insert(all.end(), logits.begin(), logits.end());
     ids.push_back(Argmax(logits.data(), V));

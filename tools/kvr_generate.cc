@@ -122,7 +122,9 @@ absl::Status Run() {
     if (is_eos && !params.ignore_eos) { finish = "stop"; break; }
     if (static_cast<int>(out.size()) == params.max_tokens) break;
     DecodeSlot slot{prefill.cache.get(), token, C + static_cast<int>(out.size()) - 1};
-    KVR_RETURN_IF_ERROR(engine->Decode(prefill.owner, absl::MakeConstSpan(&slot, 1), &logits));
+    absl::Span<const float> step_logits;
+    KVR_RETURN_IF_ERROR(engine->Decode(prefill.owner, absl::MakeConstSpan(&slot, 1), &step_logits));
+    logits.assign(step_logits.begin(), step_logits.end());
   }
   if (detok) text += detok->Flush();
   const double decode_s = SecondsSince(t1);

@@ -243,7 +243,7 @@ absl::StatusOr<PrefillResult> Engine::Prefill(absl::Span<const int32_t> tokens, 
   return coordinator_->Run(tokens, plan, cache_capacity);
 }
 
-absl::Status Engine::Decode(int worker, absl::Span<const DecodeSlot> batch, std::vector<float>* logits) {
+absl::Status Engine::Decode(int worker, absl::Span<const DecodeSlot> batch, absl::Span<const float>* logits) {
   return coordinator_->RunOn(worker, [&] { return runners_[worker]->Decode(batch, logits); });
 }
 

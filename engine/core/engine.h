@@ -58,8 +58,9 @@ class Engine {
   // devices) and runs the KV-Runahead prefill; the cache gets room for `cache_capacity` tokens.
   absl::StatusOr<PrefillResult> Prefill(absl::Span<const int32_t> tokens, int cache_capacity);
 
-  // One decode step for `batch`, all of whose caches live on `worker`; logits (batch, V).
-  absl::Status Decode(int worker, absl::Span<const DecodeSlot> batch, std::vector<float>* logits);
+  // One decode step for `batch`, all of whose caches live on `worker`; logits (batch, V), held by
+  // that worker's runner until its next Decode (ModelRunner::Decode).
+  absl::Status Decode(int worker, absl::Span<const DecodeSlot> batch, absl::Span<const float>* logits);
 
  private:
   Engine() = default;

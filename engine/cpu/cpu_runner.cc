@@ -206,9 +206,10 @@ class CpuRunner : public ModelRunner {
     return absl::OkStatus();
   }
 
-  absl::Status Decode(absl::Span<const DecodeSlot> batch, std::vector<float>* logits) override {
+  absl::Status Decode(absl::Span<const DecodeSlot> batch, absl::Span<const float>* logits) override {
     const int V = config_.vocab_size;
-    logits->resize(batch.size() * static_cast<size_t>(V));
+    *logits = {};
+    decode_logits_.resize(batch.size() * static_cast<size_t>(V));
     for (size_t b = 0; b < batch.size(); ++b) {
       const DecodeSlot& s = batch[b];
       const int32_t token = s.token;
@@ -220,8 +221,9 @@ class CpuRunner : public ModelRunner {
       }
       std::vector<float> row;
       KVR_RETURN_IF_ERROR(FinishChunk(*chunk, &row));
-      std::memcpy(logits->data() + b * V, row.data(), sizeof(float) * V);
+      std::memcpy(decode_logits_.data() + b * V, row.data(), sizeof(float) * V);
     }
+    *logits = decode_logits_;
     return absl::OkStatus();
   }
 
@@ -268,6 +270,7 @@ class CpuRunner : public ModelRunner {
   std::vector<CpuLayer> layers_;
   std::vector<float> final_norm_w_, final_norm_b_;  // (C)
   std::vector<float> lm_head_;   // (V, C)
+  std::vector<float> decode_logits_;  // (batch, V): the last Decode's, which its caller reads
 };
 
 }  // namespace

@@ -181,6 +181,8 @@ class CudaRunner : public ModelRunner {
     cudaSetDevice(device_);
     if (stream_) cudaStreamSynchronize(stream_);
     for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
+    for (cudaEvent_t e : ev_)
+      if (e != nullptr) cudaEventDestroy(e);
     FreeDecode();
     if (inv_freq_) cudaFree(inv_freq_);
     if (arena_) cudaFree(arena_);
@@ -615,10 +617,10 @@ class CudaRunner : public ModelRunner {
     return absl::OkStatus();
   }
 
-  absl::Status Decode(absl::Span<const DecodeSlot> batch, std::vector<float>* logits) override {
+  absl::Status Decode(absl::Span<const DecodeSlot> batch, absl::Span<const float>* logits) override {
     const int B = static_cast<int>(batch.size());
+    *logits = {};
     if (B == 0) {
-      logits->clear();
       return absl::OkStatus();
     }
     KVR_CU(cudaSetDevice(device_));
@@ -653,10 +655,12 @@ class CudaRunner : public ModelRunner {
         }
       }
     }
+    if (timing_) KVR_CU(cudaEventRecord(ev_[0], stream_));
     KVR_CU(cudaMemcpyAsync(dev_tab_, host_tab_, TabBytes(B), cudaMemcpyHostToDevice, stream_));
     int max_len = 0;
     for (int b = 0; b < B; ++b) max_len = std::max(max_len, len[b]);
     const K::DecodeAttnPlan plan = DecodePlan(B, max_len);
+    if (timing_) KVR_CU(cudaEventRecord(ev_[1], stream_));
     if (opt_.decode_graphs) {
       // One graph per (batch size, attention plan): the plan changes with the longest cache.
       const GraphKey key{B, static_cast<int>(plan.kernel), plan.splits};
@@ -683,11 +687,32 @@ class CudaRunner : public ModelRunner {
     } else {
       KVR_RETURN_IF_ERROR(DecodeStep(B, plan));
     }
-    logits->resize(static_cast<size_t>(B) * cfg_.vocab_size);
-    KVR_CU(cudaMemcpyAsync(logits->data(), dec_.logits, logits->size() * sizeof(float),
-                           cudaMemcpyDeviceToHost, stream_));
+    const size_t n = static_cast<size_t>(B) * cfg_.vocab_size;
+    if (timing_) KVR_CU(cudaEventRecord(ev_[2], stream_));
+    KVR_CU(cudaMemcpyAsync(host_logits_, dec_.logits, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    if (timing_) KVR_CU(cudaEventRecord(ev_[3], stream_));
     KVR_CU(cudaStreamSynchronize(stream_));
+    if (timing_) {
+      float ms[3];
+      for (int i = 0; i < 3; ++i) KVR_CU(cudaEventElapsedTime(&ms[i], ev_[i], ev_[i + 1]));
+      last_times_ = CudaDecodeTimes{ms[0], ms[1], ms[2]};
+      timed_ = true;
+    }
+    *logits = absl::MakeConstSpan(host_logits_, n);
     return absl::OkStatus();
+  }
+
+  // SetCudaDecodeTiming / LastCudaDecodeTimes.
+  absl::Status SetTiming(bool on) {
+    KVR_CU(cudaSetDevice(device_));
+    for (cudaEvent_t& e : ev_)
+      if (on && e == nullptr) KVR_CU(cudaEventCreate(&e));
+    timing_ = on;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<CudaDecodeTimes> LastTimes() const {
+    if (!timed_) return absl::FailedPreconditionError("no decode step was timed (SetCudaDecodeTiming)");
+    return last_times_;
   }
 
   absl::Status ReadKv(KvCache& cache_in, int layer, int a, int b, std::vector<float>* k,
@@ -907,6 +932,8 @@ class CudaRunner : public ModelRunner {
     dec_counters_ = nullptr;
     if (dev_tab_) cudaFree(dev_tab_);
     if (host_tab_) cudaFreeHost(host_tab_);
+    if (host_logits_) cudaFreeHost(host_logits_);
+    host_logits_ = nullptr;
     dec_mem_ = nullptr;
     dev_tab_ = nullptr;
     host_tab_ = nullptr;
@@ -939,6 +966,7 @@ class CudaRunner : public ModelRunner {
     KVR_CU(cudaMemset(dec_counters_, 0, sizeof(int) * cap * cfg_.num_kv_heads));
     KVR_CU(cudaMalloc(&dev_tab_, TabBytes(cap)));
     KVR_CU(cudaMallocHost(&host_tab_, TabBytes(cap)));
+    KVR_CU(cudaMallocHost(&host_logits_, sizeof(float) * cap * cfg_.vocab_size));
     decode_bytes_ = c.size() + TabBytes(cap) + sizeof(int) * cap * cfg_.num_kv_heads;
     dec_cap_ = cap;
     SetDecodeViews(B);
@@ -1071,8 +1099,15 @@ class CudaRunner : public ModelRunner {
   int* dec_counters_ = nullptr;
   void* dev_tab_ = nullptr;
   std::byte* host_tab_ = nullptr;
+  // Pinned (cap, V): the logits of the last Decode, which its caller reads (ModelRunner::Decode).
+  // Pageable memory took 56 us for Llama-3-8B's 513 KB, pinned 18 (docs/benchmarks.md, session 8).
+  float* host_logits_ = nullptr;
   size_t decode_bytes_ = 0;
   int dec_cap_ = 0, dec_b_ = 0;
+  // Decode timing (SetCudaDecodeTiming): events before the table, the kernels, the logits, and after.
+  bool timing_ = false, timed_ = false;
+  cudaEvent_t ev_[4] = {};
+  CudaDecodeTimes last_times_;
   DecodeBuffers dec_;
   bool fuse_decode_;                       // FuseDecodeFromEnv
   absl::flat_hash_set<std::string> skip_;  // DecodeSkipFromEnv
@@ -1124,6 +1159,18 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeRandomCudaRunner(const ModelCon
   KVR_RETURN_IF_ERROR(r->Init());
   KVR_RETURN_IF_ERROR(r->FillRandom(seed));
   return std::unique_ptr<ModelRunner>(std::move(r));
+}
+
+absl::Status SetCudaDecodeTiming(ModelRunner& runner, bool on) {
+  auto* r = dynamic_cast<CudaRunner*>(&runner);
+  if (r == nullptr) return absl::InvalidArgumentError("decode timing: not a CUDA runner");
+  return r->SetTiming(on);
+}
+
+absl::StatusOr<CudaDecodeTimes> LastCudaDecodeTimes(const ModelRunner& runner) {
+  const auto* r = dynamic_cast<const CudaRunner*>(&runner);
+  if (r == nullptr) return absl::InvalidArgumentError("decode timing: not a CUDA runner");
+  return r->LastTimes();
 }
 
 }  // namespace kvr

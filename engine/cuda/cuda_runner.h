@@ -93,4 +93,16 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeRandomCudaRunner(
     const ModelConfig& config, int device, const CudaRunnerOptions& options = {},
     uint64_t seed = 1);
 
+// Where a decode step's time goes on the device, for benchmarks (kvr_cuda_bench): with timing on,
+// each Decode of a CUDA runner records events on its compute stream around its three device parts
+// (a few microseconds of host time a step, so off unless asked for). Milliseconds, last step.
+struct CudaDecodeTimes {
+  double table_ms = 0;   // the step's table to the device, and the wait for the graph's launch
+  double step_ms = 0;    // the step's kernels (the captured graph, or eager launches)
+  double logits_ms = 0;  // the logits to the host
+};
+// Errors: `runner` is not a CUDA runner; no timed step yet (LastCudaDecodeTimes).
+absl::Status SetCudaDecodeTiming(ModelRunner& runner, bool on);
+absl::StatusOr<CudaDecodeTimes> LastCudaDecodeTimes(const ModelRunner& runner);
+
 }  // namespace kvr

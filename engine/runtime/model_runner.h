@@ -71,9 +71,11 @@ class ModelRunner {
   // Logits of the chunk's last token: (V) floats. Waits for the device.
   virtual absl::Status FinishChunk(ChunkState& chunk, std::vector<float>* last_logits) = 0;
 
-  // One decode step for a batch: appends each slot's token to its cache at `pos` and writes
-  // (batch, V) logits, row b for slot b. Waits for the device.
-  virtual absl::Status Decode(absl::Span<const DecodeSlot> batch, std::vector<float>* logits) = 0;
+  // One decode step for a batch: appends each slot's token to its cache at `pos`; `logits` is set
+  // to (batch, V) floats, row b for slot b, in host memory the runner owns (the CUDA runner's is
+  // pinned, so the copy from the device runs at full speed into memory that stays mapped), valid
+  // until the runner's next Decode or its destruction. Waits for the device.
+  virtual absl::Status Decode(absl::Span<const DecodeSlot> batch, absl::Span<const float>* logits) = 0;
 
   // Copies `cache` layer `l`, tokens [a, b), K and V, into host fp32 arrays of
   // (b - a, Hkv, D) each. For tests and debugging.

@@ -29,7 +29,7 @@ struct PrefillOutcome {
 struct DecodeGroup {
   int worker = 0;
   std::vector<DecodeSlot> slots;
-  std::vector<float> logits;        // out: (slots, V)
+  absl::Span<const float> logits;   // out: (slots, V), the worker runner's (ModelRunner::Decode)
   absl::Status status;              // out
 };
 

@@ -129,10 +129,11 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
       auto c = run.NewKvCache(N + 8);
       ASSERT_TRUE(c.ok());
       Prefill(run, **c, prompt, {});
-      std::vector<float> dl;
+      absl::Span<const float> out;
       DecodeSlot slot{c->get(), toks[N], N};
-      auto st = run.Decode({slot}, &dl);
+      auto st = run.Decode({slot}, &out);
       ASSERT_TRUE(st.ok()) << st;
+      const std::vector<float> dl(out.begin(), out.end());
       EXPECT_LT(RelL2(dl, longer), 2e-2) << "rep " << rep;
     }
     // A batch of two sequences at different positions equals each alone.
@@ -143,7 +144,7 @@ TEST(CudaRunner, ChunkedPrefillMatchesOneChunkAndDecodeMatchesPrefill) {
     std::vector<int32_t> shortp(prompt.begin(), prompt.begin() + 57);
     auto short_ref = Prefill(run, **cb, std::vector<int32_t>(toks.begin(), toks.begin() + 58), {});
     Prefill(run, **cb, shortp, {});
-    std::vector<float> bl;
+    absl::Span<const float> bl;
     for (int rep = 0; rep < 3; ++rep) {  // eager, captured, replayed; same inputs each time
       ASSERT_TRUE(run.Decode({DecodeSlot{ca->get(), toks[N], N}, DecodeSlot{cb->get(), toks[57], 57}}, &bl).ok());
       std::vector<float> row0(bl.begin(), bl.begin() + v.cfg.vocab_size), row1(bl.begin() + v.cfg.vocab_size, bl.end());
@@ -174,7 +175,9 @@ TEST(CudaRunner, DecodeAcrossTheAttentionPlanBoundary) {
   for (int k = 0; k < steps; ++k) {
     const absl::Status st = RunChunk(run, **rc, toks, k == 0 ? 0 : P + k, P + k + 1, &ref);
     ASSERT_TRUE(st.ok()) << st;
-    ASSERT_TRUE(run.Decode({DecodeSlot{dc->get(), toks[P + k], P + k}}, &got).ok());
+    absl::Span<const float> out;
+    ASSERT_TRUE(run.Decode({DecodeSlot{dc->get(), toks[P + k], P + k}}, &out).ok());
+    got.assign(out.begin(), out.end());
     EXPECT_LT(RelL2(got, ref), 2e-2) << "decode with " << P + k + 1 << " keys";
   }
 }

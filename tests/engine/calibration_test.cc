@@ -61,7 +61,7 @@ class TimedRunner : public ModelRunner {
   }
   absl::Status FinishChunk(ChunkState&, std::vector<float>*) override { return absl::OkStatus(); }
   double seconds() const { return clock_s_; }
-  absl::Status Decode(absl::Span<const DecodeSlot>, std::vector<float>*) override {
+  absl::Status Decode(absl::Span<const DecodeSlot>, absl::Span<const float>*) override {
     return absl::UnimplementedError("fake");
   }
   absl::Status ReadKv(KvCache&, int, int, int, std::vector<float>*, std::vector<float>*) override {

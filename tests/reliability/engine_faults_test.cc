@@ -96,7 +96,7 @@ TEST(WorkerFault, DecodeIsNotAffected) {
   auto cache = m.runners[0]->NewKvCache(8);
   ASSERT_TRUE(cache.ok());
   DecodeSlot slot{cache->get(), kTrigger, 0};
-  std::vector<float> logits;
+  absl::Span<const float> logits;
   EXPECT_TRUE(m.runners[0]->Decode(absl::MakeConstSpan(&slot, 1), &logits).ok());
 }
 
@@ -155,9 +155,11 @@ Output PrefillAndDecode(LoadedModel& m) {
     const int token = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     out.greedy.push_back(token);
     DecodeSlot slot{r->cache.get(), token, C + step};
+    absl::Span<const float> step_logits;
     EXPECT_TRUE(coordinator.RunOn(r->owner, [&] {
-      return coordinator.runner(r->owner).Decode(absl::MakeConstSpan(&slot, 1), &logits);
+      return coordinator.runner(r->owner).Decode(absl::MakeConstSpan(&slot, 1), &step_logits);
     }).ok());
+    logits.assign(step_logits.begin(), step_logits.end());
   }
   return out;
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -66,7 +67,10 @@ class FakeExecutor : public Executor {
     absl::MutexLock lock(&mu_);
     events_.push_back(absl::StrCat("D", groups.size()));
     for (DecodeGroup& g : groups) {
-      g.logits.clear();
+      // Each worker's logits live here until its next decode, as a runner's do.
+      std::vector<float>& logits = decode_logits_[g.worker];
+      logits.clear();
+      g.logits = {};
       for (const DecodeSlot& s : g.slots) {
         if (s.cache->device() != g.worker) {
           g.status = absl::InternalError("slot's cache is on another worker");
@@ -77,8 +81,9 @@ class FakeExecutor : public Executor {
           return;
         }
         std::vector<float> row = OneHot(s.token);
-        g.logits.insert(g.logits.end(), row.begin(), row.end());
+        logits.insert(logits.end(), row.begin(), row.end());
       }
+      g.logits = logits;
       g.status = fail_decode ? absl::InternalError("injected decode failure") : absl::OkStatus();
     }
   }
@@ -122,6 +127,7 @@ class FakeExecutor : public Executor {
   mutable absl::Mutex mu_;
   size_t allocated_ = 0;
   std::vector<std::string> events_;
+  std::map<int, std::vector<float>> decode_logits_;  // per worker: its last decode's (slots, V)
 };
 
 // Token t -> one letter 'a' + t % 26.
