@@ -20,6 +20,8 @@
 // Fused rotary (p.qkv set): every split block rotates its G queries itself (a few sincosf); the
 // one block whose split holds the newest position (len - 1) rotates that key, writes it and the
 // value to the cache, and only then loads its tiles (the other splits never read that row).
+// DecodeStreamKernel (single queries, and groups on request) has no shared-memory tiles: each
+// warp streams its keys' K/V rows through registers (see the comment at the kernel).
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include <algorithm>
@@ -654,6 +656,215 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
   if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, hk, smem_raw);
 }
 
+// Groups of G = 1, 2, 4 or 8 queries per K/V head streamed through registers,
+// DecodeKernel::kStream: no shared-memory tiles, so that the kernel runs in the shared-memory
+// configuration the GEMVs around it run in (the largest L1, which their loads need in flight).
+// A kernel with 134-148 KB of tiles cannot start on an SM until that SM's GEMV blocks have
+// drained and its L1/shared split has changed, and the GEMV after it cannot start until it has
+// drained: Nsight Compute's PM sampling over a decode step shows the DRAM idle for about 6 us
+// after every QKV product (H200, session 12).
+// Warp w takes steps w, w + kWarps, ... of the split's keys, kStep keys a step: kLpk = D/8 lanes
+// per key row (a 16-byte chunk each, slot sub = lane / kLpk picks the row of a load), kU row
+// loads of K and of V per lane in flight. Scores: each lane's kU x G partial dot products (load
+// u, query g at index u G + g) are summed over its row's lanes by a butterfly that leaves lane c
+// with index i = c / kDup (kDup = kLpk / (kU G) lanes alike). Online softmax per query in fp32:
+// the lanes of query g reduce over the lanes that differ only in u and sub. O += P V with lane
+// (chunk c, slot sub) owning the 8 outputs of chunk c of every query for the keys of its slot;
+// slots summed at the end of the split. The warps then merge in order through one shared
+// (G, D) sum (deterministic), and the block writes its split's part. Loads of a warp's first
+// step are issued before PdlWait when its keys all precede the newest.
+// Measured on an H200 (docs/benchmarks.md, session 12): Llama-2-7B (G = 1) decode steps 2% faster
+// at 2k and 4k and 5% at 32k than with the kernels above; at 4k the attention reads at about 98%
+// of the DRAM's peak from the end of the QKV product on. Llama-3-8B's groups of 4 were 5% (4k)
+// and 25% (32k) slower than the tensor-core kernel: G dot products and G broadcasts of P per key
+// make it issue-bound, so groups are not planned on it.
+template <int D, int G>
+__host__ __device__ constexpr int StreamLoads() { return D / 8 / G < 8 ? D / 8 / G : 8; }
+
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams p) {
+  constexpr int kLpk = D / 8;                  // lanes per key row
+  constexpr int kKpl = 32 / kLpk;              // key rows per warp load
+  constexpr int kU = StreamLoads<D, G>();      // loads of K (and of V) per lane per step
+  constexpr int kStep = kU * kKpl;             // keys per warp step
+  constexpr int kDup = kLpk / (kU * G);        // lanes holding each score
+  constexpr int kWarps = kThreads / 32;
+  static_assert(kU >= 1 && kDup >= 1, "a lane ends the butterfly with one score");
+  const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int c = lane % kLpk, sub = lane / kLpk;
+  const int my_u = c / kDup / G, my_g = c / kDup % G;  // the score this lane ends with
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* sQ = reinterpret_cast<float*>(smem_raw);  // [G][D]; then the warps' O sum [G][D]
+  float* sM = sQ + G * D;                          // [kWarps][G] max
+  float* sL = sM + kWarps * G;                     // [kWarps][G] sum
+
+  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
+  const int steps = (split.e - split.a + kStep - 1) / kStep;
+  uint4 kr[kU], vr[kU];
+  auto issue = [&](int step) {
+    const int j0 = split.a + step * kStep + sub;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int j = j0 + u * kKpl;
+      const size_t at = static_cast<size_t>(j) * kv.stride + c * 8;
+      const bool ok = j < split.e;
+      kr[u] = ok ? *reinterpret_cast<const uint4*>(kv.k + at) : make_uint4(0, 0, 0, 0);
+      vr[u] = ok ? *reinterpret_cast<const uint4*>(kv.v + at) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  // The first step's keys all written before this step (the newest, len - 1, is appended after
+  // PdlWait): load them while the kernel before finishes.
+  const bool early = split.tiles > 0 && warp < steps && min(split.e, split.a + (warp + 1) * kStep) <= split.len - 1;
+  if (early) issue(warp);
+  const RopeAngle ang = p.qkv != nullptr ? RopeAngleOf<D>(p, b) : RopeAngle{};
+  PdlWait();
+  PdlTrigger();
+  constexpr int kVec = G > 1 ? 4 : 1;  // MergeIfLast's outputs per thread
+  if (split.tiles == 0) {
+    FinishEmptySplit<T, D, kVec>(p, b, hk, split, smem_raw);
+    return;
+  }
+  const int newest = p.qkv != nullptr ? split.len - 1 : split.len;
+  LoadQueries<T, D>(p, b, hk, p.qkv != nullptr && split.a <= newest && newest < split.e, ang, sQ);
+  float q[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int d = 0; d < 8; ++d) q[g][d] = sQ[g * D + c * 8 + d];
+  float o[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int d = 0; d < 8; ++d) o[g][d] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;  // of query my_g
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  for (int s = warp; s < steps; s += kWarps) {
+    if (s != warp || !early) issue(s);
+    float v[kU * G];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const T* k8 = reinterpret_cast<const T*>(&kr[u]);
+      float kf[8];
+#pragma unroll
+      for (int d = 0; d < 8; ++d) kf[d] = ToF(k8[d]);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float acc = 0.f;
+#pragma unroll
+        for (int d = 0; d < 8; ++d) acc += q[g][d] * kf[d];
+        v[u * G + g] = acc;
+      }
+    }
+    // Butterfly over the row's lanes: at offset `off` a lane keeps the upper half of its n values
+    // when (c & off), adding its partner's copy of them.
+#pragma unroll
+    for (int lvl = 0; (kLpk >> (lvl + 1)) >= 1; ++lvl) {
+      const int off = kLpk >> (lvl + 1);
+      const int n = (kU * G) >> lvl;
+      if (n > 1) {
+        const bool upper = (c & off) != 0;
+#pragma unroll
+        for (int i = 0; i < n / 2; ++i) {
+          const float send = upper ? v[i] : v[i + n / 2];
+          const float keep = upper ? v[i + n / 2] : v[i];
+          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+        }
+      } else {
+        v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+      }
+    }
+    const int key = split.a + s * kStep + my_u * kKpl + sub;
+    const float sc = key < split.e ? v[0] * scale_log2 : -INFINITY;
+    // Max and sum over the lanes of query my_g: offsets that change u (multiples of kDup G) or
+    // the slot (multiples of kLpk), never a duplicate.
+    float mx = sc;
+#pragma unroll
+    for (int off = kDup * G; off < kLpk; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+#pragma unroll
+    for (int off = kLpk; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float m_new = fmaxf(m_run, mx);  // finite: a step holds at least one key
+    const float pk = exp2f(sc - m_new);
+    const float alpha = exp2f(m_run - m_new);
+    float sum = pk;
+#pragma unroll
+    for (int off = kDup * G; off < kLpk; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+#pragma unroll
+    for (int off = kLpk; off < 32; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    l_run = l_run * alpha + sum;
+    m_run = m_new;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float a_g = __shfl_sync(0xffffffffu, alpha, g * kDup);
+#pragma unroll
+      for (int d = 0; d < 8; ++d) o[g][d] *= a_g;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const T* v8 = reinterpret_cast<const T*>(&vr[u]);
+      float vf[8];
+#pragma unroll
+      for (int d = 0; d < 8; ++d) vf[d] = ToF(v8[d]);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float pj = __shfl_sync(0xffffffffu, pk, sub * kLpk + (u * G + g) * kDup);
+#pragma unroll
+        for (int d = 0; d < 8; ++d) o[g][d] += pj * vf[d];
+      }
+    }
+  }
+  // The slots' outputs of chunk c summed; lanes of slot 0 hold the warp's O (unnormalised).
+#pragma unroll
+  for (int off = kLpk; off < 32; off <<= 1)
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int d = 0; d < 8; ++d) o[g][d] += __shfl_xor_sync(0xffffffffu, o[g][d], off);
+  // The warps' states: each warp's max and sum per query, then the block's max per query; warp
+  // by warp, O scaled to it is added to the shared sum (over sQ, read by every warp by now).
+  if (lane < G * kDup && lane % kDup == 0) {
+    sM[warp * G + my_g] = m_run;
+    sL[warp * G + my_g] = l_run;
+  }
+  __syncthreads();
+  float f[G];  // this warp's weight per query: 2^(m_w - M), 0 for a warp without keys
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sM[w * G + g]);
+    f[g] = sM[warp * G + g] == -INFINITY ? 0.f : exp2f(sM[warp * G + g] - M);
+  }
+  float* sO = sQ;  // [G][D]
+  for (int w = 0; w < kWarps; ++w) {
+    if (warp == w && sub == 0) {
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int d = 0; d < 8; ++d) {
+          float* dst = sO + g * D + c * 8 + d;
+          *dst = (w == 0 ? 0.f : *dst) + f[g] * o[g][d];
+        }
+    }
+    __syncthreads();
+  }
+  // The split's part: O / l and the log-sum-exp per query, l = sum_w f_w l_w.
+  for (int i = threadIdx.x; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float M = -INFINITY, den = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sM[w * G + g]);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w)
+      if (sM[w * G + g] != -INFINITY) den += exp2f(sM[w * G + g] - M) * sL[w * G + g];
+    const size_t row = split.pidx + static_cast<size_t>(g) * p.splits;
+    p.o_part[row * D + d] = sO[i] / den;
+    if (d == 0) p.lse_part[row] = M + log2f(den);
+  }
+  if (p.counters != nullptr) MergeIfLast<T, D, kVec>(p, b, hk, smem_raw);
+}
+
 // Grouped queries on tensor cores (2 <= G <= 16): the G queries of a K/V head are rows 0..G-1
 // of one 16-row m-tile (rows G..15 zero), so every K/V element read from shared memory serves all
 // G queries through mma.sync instead of G scalar products. Same block, grid, split ranges, fused
@@ -829,6 +1040,9 @@ __global__ void DecodeCombineKernel(DecodeAttnParams p) {
       FromF<T>(den > 0.f ? num / den : 0.f);
 }
 
+// Whether the streaming kernel takes groups of G queries of head size D.
+bool StreamFits(int G, int D) { return (G == 1 || G == 2 || G == 4 || G == 8) && (D == 64 || D == 128); }
+
 // The tensor-core kernel takes groups of 2..16 queries (KVR_DECODE_MMA=0, a benchmark knob, keeps
 // every group on the scalar kernel). Single queries stay scalar: on an H100 the tensor-core
 // kernel gave Llama-2-7B's decode steps no gain (docs/benchmarks.md, session 6); with four
@@ -858,6 +1072,13 @@ void KernelFor(DecodeKernel kind, int G, int splits, void (**kernel)(DecodeAttnP
               static_cast<size_t>(G) * D * sizeof(float);
       return;
     }
+    case DecodeKernel::kStream:
+      *kernel = G == 1 ? DecodeStreamKernel<T, D, 1>
+                : G == 2 ? DecodeStreamKernel<T, D, 2>
+                : G == 4 ? DecodeStreamKernel<T, D, 4>
+                         : DecodeStreamKernel<T, D, 8>;
+      *smem = std::max((static_cast<size_t>(G) * D + 2 * (kThreads / 32) * G) * sizeof(float), MergeSmemBytes(G, splits));
+      return;
     case DecodeKernel::kSingle: {
       *kernel = DecodeSingleKernel<T, D>;
       const size_t merge = (2 * 4 + 4 * static_cast<size_t>(D)) * sizeof(float);
@@ -892,8 +1113,13 @@ DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int 
     return env == nullptr ? -1 : std::atoi(env) != 0 ? 1 : 0;
   }();
   const int G = Hkv > 0 && Hq % Hkv == 0 ? Hq / Hkv : 0;
+  static const bool stream = [] {  // KVR_DECODE_STREAM=0: single queries on the kernels before it
+    const char* env = std::getenv("KVR_DECODE_STREAM");
+    return env == nullptr || std::atoi(env) != 0;
+  }();
   DecodeAttnPlan plan;
-  plan.kernel = G == 1 && B == 1 && (single == 1 || (single < 0 && length_class == 0))
+  plan.kernel = G == 1 && stream && StreamFits(G, D) ? DecodeKernel::kStream
+                : G == 1 && B == 1 && (single == 1 || (single < 0 && length_class == 0))
                     ? DecodeKernel::kSingle
                     : Resolve(DecodeKernel::kAuto, G);
   // Blocks one SM holds at once (shared memory bounds it), unless a benchmark sets the number.
@@ -948,6 +1174,7 @@ cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t st
   if (p.B <= 0) return cudaSuccess;
   if (p.Hkv <= 0 || p.Hq % p.Hkv != 0 || (p.D != 64 && p.D != 128) || p.splits < 1 ||
       (p.Hq / p.Hkv) * p.D > 8192 || (p.kernel == DecodeKernel::kSingle && p.Hq != p.Hkv) ||
+      (p.kernel == DecodeKernel::kStream && !StreamFits(p.Hq / p.Hkv, p.D)) ||
       (p.qkv != nullptr && (p.inv_freq == nullptr || p.k_out == nullptr || p.v_out == nullptr)) ||
       (Resolve(p.kernel, p.Hq / p.Hkv) == DecodeKernel::kMma && (p.k_maps == nullptr || p.v_maps == nullptr)))
     return cudaErrorInvalidValue;

@@ -24,7 +24,9 @@ namespace kvr::kernels {
 // K/V head (KVR_DECODE_MMA=0, a benchmark knob, keeps them on kScalar), kScalar otherwise.
 // kSingle: single queries (G = 1 only), per-warp online softmax, four K/V stages and one block
 // per SM: faster than kScalar at short caches, slower at long ones (PlanDecodeAttention).
-enum class DecodeKernel { kAuto, kScalar, kSingle, kMma };
+// kStream: groups of 1, 2, 4 or 8 queries (planned for 1), K/V streamed through registers with
+// no shared-memory tiles (attention_decode.cu says why).
+enum class DecodeKernel { kAuto, kScalar, kSingle, kMma, kStream };
 
 struct DecodeAttnParams {
   const void* q = nullptr;           // (B, Hq, D)
@@ -67,12 +69,16 @@ cudaError_t EncodeKvTensorMap(DType dt, const void* base, int capacity, int Hkv,
 // How a decode step's attention runs: the kernel and its split count, planned on the host from
 // the shapes and the class of the step's longest cache (DecodeLengthClass). A captured graph
 // replays one plan, so the runner keeps a graph per plan. The splits fill one wave of split blocks
-// (as many as the SMs hold at once), at most 128. kSingle is planned for one sequence of single
-// queries whose cache holds at most kDecodeSingleMaxLen keys (measured on an H100: 1.3-1.7% off a
-// Llama-2-7B step at 2k-4k, even at 8k, 1.2-2.6% slower at 16k-32k; docs/benchmarks.md, session
-// 9); kAuto's choice otherwise. Knobs for benchmarks: KVR_DECODE_SPLITS_PER_SM replaces the blocks
-// per SM that the occupancy calculator gives; KVR_DECODE_SINGLE=0 never plans kSingle, =1 plans
-// it at any length. Planning queries the occupancy calculator: plan once per shape, not per step.
+// (as many as the SMs hold at once), at most 128. Single queries (G = 1) run kStream at every
+// length and batch size (H200, session 12: Llama-2-7B steps 2% faster at 2k-4k and 5% at 32k than
+// the kernels before it). Groups run kAuto's choice (kStream was 5-25% slower for Llama-3-8B's
+// groups of 4). Knobs for benchmarks: KVR_DECODE_STREAM=0 plans single queries as before:
+// kSingle for one sequence whose cache holds at most kDecodeSingleMaxLen keys (measured on an
+// H100: 1.3-1.7% off a Llama-2-7B step at 2k-4k against kScalar, 1.2-2.6% slower at 16k-32k;
+// docs/benchmarks.md, session 9), kScalar otherwise; with it, KVR_DECODE_SINGLE=0 never plans
+// kSingle, =1 plans it at any length. KVR_DECODE_SPLITS_PER_SM replaces the blocks per SM that
+// the occupancy calculator gives. Planning queries the occupancy calculator: plan once per shape,
+// not per step.
 struct DecodeAttnPlan {
   DecodeKernel kernel = DecodeKernel::kScalar;
   int splits = 1;
@@ -82,8 +88,8 @@ constexpr int kDecodeLengthClasses = 2;  // 0: at most kDecodeSingleMaxLen keys;
 inline int DecodeLengthClass(int max_len) { return max_len <= kDecodeSingleMaxLen ? 0 : 1; }
 DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int length_class);
 
-// Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1; kMma (kAuto
-// for 2 <= G <= 16) needs k_maps and v_maps.
+// Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1; kStream for
+// G in {1, 2, 4, 8}; kMma (kAuto for 2 <= G <= 16) needs k_maps and v_maps.
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream);
 
 }  // namespace kvr::kernels

@@ -739,13 +739,16 @@ struct DecodeCase {
 // for 2..16, scalar otherwise) and the other one (the scalar kernel for groups, the single-query
 // kernel for G = 1).
 std::vector<DecodeKernel> KernelsFor(int G) {
-  return {DecodeKernel::kAuto, G == 1 ? DecodeKernel::kSingle : DecodeKernel::kScalar};
+  if (G == 1) return {DecodeKernel::kAuto, DecodeKernel::kSingle, DecodeKernel::kStream};
+  if (G == 2 || G == 4 || G == 8) return {DecodeKernel::kAuto, DecodeKernel::kScalar, DecodeKernel::kStream};
+  return {DecodeKernel::kAuto, DecodeKernel::kScalar};
 }
 const char* KernelName(DecodeKernel k) {
   switch (k) {
     case DecodeKernel::kAuto: return "auto";
     case DecodeKernel::kScalar: return "scalar";
     case DecodeKernel::kSingle: return "single";
+    case DecodeKernel::kStream: return "stream";
     default: return "mma";
   }
 }
@@ -775,6 +778,9 @@ TEST(Kernels, DecodeAttention) {
       {{7, 1000}, 12, 4, 64, 0, 5},
       {{777, 64}, 64, 8, 128, 100, 4},
       {{2048}, 16, 1, 128, 0, 7},
+      // Groups for the streaming kernel: G = 2 at D = 64, G = 4 with a window.
+      {{1500, 33}, 8, 4, 64, 0, 6},
+      {{2500}, 16, 4, 128, 200, 9},
   };
   for (DType dt : kTypes) {
     for (const DecodeCase& c : cases) {
