@@ -6,8 +6,9 @@
 // next kUnroll are issued before the current ones are consumed (two batches in flight). The x
 // values are small and cached (__ldg); the weights, read once, do not allocate in L1. The first
 // batch is loaded before PdlWait: weights never depend on the previous kernel, so under
-// programmatic dependent launch the weight stream starts while that kernel is finishing. fp32 accumulation; warp sums, then (kSplit > 1) the kSplit
-// partial sums in a fixed order through shared memory: deterministic.
+// programmatic dependent launch the weight stream starts while that kernel is finishing. fp32
+// accumulation; warp sums, then (kSplit > 1) the kSplit partial sums in a fixed order through
+// shared memory: deterministic.
 // The shapes (warps, split, unroll, pipelining) are numbered variants, measured against each
 // other by kvr_cuda_bench (docs/benchmarks.md): variant 4 (8 warps, 4 per row, 4 loads, two
 // batches in flight) was the fastest on every decode shape of the 7B/8B models on an H200, alone
