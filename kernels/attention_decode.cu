@@ -6,7 +6,7 @@
 // key) dot product per thread and step, or per thread pair when G = 1), online softmax per query
 // in fp32, O += P V
 // with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
-// log-sum-exp of its split. Groups of 2..16 queries per K/V head (GQA) run DecodeSplitMmaKernel
+// log-sum-exp of its split. Groups of 2 or more queries per K/V head (GQA, MQA) run DecodeSplitMmaKernel
 // instead: the same split blocks on mma.sync tensor cores, the G queries as rows of one m-tile
 // (the scalar loop's G dot products per key made the GQA kernel issue-bound, not memory-bound),
 // its K/V tiles loaded by the copy engine (TMA) through tensor maps of the caches.
@@ -56,6 +56,24 @@ inline size_t StateSmemBytes(int G, int D) {
   return (2 * static_cast<size_t>(G) * D + G * kTile + 3 * G) * sizeof(float);
 }
 
+// The queries a split block attends for: n queries of K/V head hk starting at its query g0 (heads
+// hk G + g0 ..), and the block's slot among its sequence's groups (its merge counter, and
+// gridDim.y). The tensor-core kernel takes a head's G queries in slices of at most 16 (one
+// m-tile), slot = hk * slices + slice; the other kernels take all G, slot = hk.
+struct QueryGroup {
+  int hk, g0, n, slot;
+};
+__host__ __device__ __forceinline__ int QuerySlices(int G, bool mma) { return mma ? (G + 15) / 16 : 1; }
+__device__ __forceinline__ QueryGroup GroupOf(const DecodeAttnParams& p, bool mma) {
+  const int G = p.Hq / p.Hkv, slices = QuerySlices(G, mma), y = blockIdx.y;
+  QueryGroup q;
+  q.hk = y / slices;
+  q.g0 = (y % slices) * 16;
+  q.n = slices == 1 ? G : min(16, G - q.g0);
+  q.slot = y;
+  return q;
+}
+
 // Called by every thread of a split block after its O / lse are written. The block that finishes
 // its group (sequence b, kv head hk) last merges the G heads' splits into out and resets the
 // group's counter. The parts of other blocks are read through L2 (__ldcg) after a fence. The
@@ -79,21 +97,21 @@ __device__ __forceinline__ void LoadPart(const float* src, float (&dst)[kVec]) {
 }
 
 template <typename T, int D, int kVec>
-__device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned char* smem_raw) {
+__device__ void MergeIfLast(const DecodeAttnParams& p, int b, const QueryGroup& grp, unsigned char* smem_raw) {
   __shared__ int s_last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   __threadfence();
   __syncthreads();
   if (tid == 0) {
-    const int done = atomicAdd(&p.counters[b * p.Hkv + hk], 1);
+    const int done = atomicAdd(&p.counters[b * gridDim.y + grp.slot], 1);
     s_last = done == p.splits - 1;
   }
   __syncthreads();
   if (!s_last) return;
   __threadfence();
   constexpr int kPerRow = D / kVec;
-  const int G = p.Hq / p.Hkv, S = p.splits, items = G * kPerRow;
-  const size_t head0 = static_cast<size_t>(b) * p.Hq + static_cast<size_t>(hk) * G;
+  const int G = grp.n, S = p.splits, items = G * kPerRow;
+  const size_t head0 = static_cast<size_t>(b) * p.Hq + static_cast<size_t>(grp.hk) * (p.Hq / p.Hkv) + grp.g0;
   float* sW = reinterpret_cast<float*>(smem_raw);  // [G][S] lse, then weights
   float* sDen = sW + G * S;                        // [G]
   // Item q: head g = q / kPerRow, outputs kVec * (q % kPerRow) ..; split s's part at
@@ -143,7 +161,7 @@ __device__ void MergeIfLast(const DecodeAttnParams& p, int b, int hk, unsigned c
 #pragma unroll
     for (int c = 0; c < kVec; ++c) o[c] = FromF<T>(den > 0.f ? num[c] / den : 0.f);
   }
-  if (tid == 0) p.counters[b * p.Hkv + hk] = 0;
+  if (tid == 0) p.counters[b * gridDim.y + grp.slot] = 0;
 }
 
 // The rotary angle of this thread's pair (i, i + D/2), i = threadIdx.x % (D/2): the same pair in
@@ -160,18 +178,18 @@ __device__ __forceinline__ RopeAngle RopeAngleOf(const DecodeAttnParams& p, int 
   return r;
 }
 
-// Fused rotary: sQ[g][d] = the rotated query g of kv head hk (rounded to T, as RopeAppend
-// stores it); with `append`, also this head's rotated key and value at position len - 1 into the
-// cache. Ends with a block barrier (after a proxy fence), so the block's tile loads, the copy
+// Fused rotary: sQ[g][d] = the rotated query g0 + g of the group's kv head (g < n; rounded to T,
+// as RopeAppend stores it); with `append`, also this head's rotated key and value at position
+// len - 1 into the cache. Ends with a block barrier (after a proxy fence), so the block's tile loads, the copy
 // engine's included, see the appended row. Pairs
 // (i, i + D/2), angle pos * inv_freq[i] in fp32 (`ang`): RopeAppendKernel's arithmetic. A thread
 // takes rows r0, r0 + kPer, ... (row G is the key); it loads up to 4 rows' pairs before it
 // rotates any, so that their reads are in flight together.
 template <typename T, int D>
-__device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool append, RopeAngle ang,
-                                float* sQ) {
+__device__ void RotateAndAppend(const DecodeAttnParams& p, int b, const QueryGroup& grp, bool append,
+                                RopeAngle ang, float* sQ) {
   constexpr int half = D / 2, kPer = kThreads / half;
-  const int G = p.Hq / p.Hkv, pos = p.len[b] - 1;
+  const int G = grp.n, hk = grp.hk, q0 = hk * (p.Hq / p.Hkv) + grp.g0, pos = p.len[b] - 1;
   const T* row = static_cast<const T*>(p.qkv) + static_cast<size_t>(b) * (p.Hq + 2 * p.Hkv) * D;
   const int rows = G + (append ? 1 : 0);
   const int i = threadIdx.x % half, r0 = threadIdx.x / half;
@@ -181,7 +199,7 @@ __device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool a
     for (int k = 0; k < 4; ++k) {
       const int g = rb + k * kPer;
       if (g >= rows) continue;
-      const T* x = g < G ? row + (hk * G + g) * D : row + (p.Hq + hk) * D;  // query g, or the key
+      const T* x = g < G ? row + (q0 + g) * D : row + (p.Hq + hk) * D;  // query g, or the key
       x1[k] = x[i];
       x2[k] = x[i + half];
       if (g == G) {
@@ -216,13 +234,13 @@ __device__ void RotateAndAppend(const DecodeAttnParams& p, int b, int hk, bool a
 
 // The keys [a, e) of split sp of sequence b (its tiles spread evenly over the splits; only the
 // last `window` keys when set), in `tiles` tiles of kTile (0: an empty split), and pidx: the
-// index of (sequence b, head hk*G, split sp) in lse_part (head hk*G + g adds g * splits; o_part
-// rows likewise, times D).
+// index of (sequence b, the group's first query head hk*G + g0, split sp) in lse_part (its query
+// g adds g * splits; o_part rows likewise, times D).
 struct SplitKeys {
   int len, a, e, tiles;
   size_t pidx;
 };
-__device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, int hk, int sp) {
+__device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, const QueryGroup& grp, int sp) {
   SplitKeys s;
   s.len = p.len[b];
   const int lo = p.window > 0 ? max(0, s.len - p.window) : 0;
@@ -231,7 +249,7 @@ __device__ __forceinline__ SplitKeys SplitOf(const DecodeAttnParams& p, int b, i
   s.a = lo + sp * tiles_per * kTile;
   s.e = min(s.len, s.a + tiles_per * kTile);
   s.tiles = s.a < s.e ? (s.e - s.a + kTile - 1) / kTile : 0;
-  s.pidx = (static_cast<size_t>(b) * p.Hq + hk * (p.Hq / p.Hkv)) * p.splits + sp;
+  s.pidx = (static_cast<size_t>(b) * p.Hq + grp.hk * (p.Hq / p.Hkv) + grp.g0) * p.splits + sp;
   return s;
 }
 
@@ -267,26 +285,24 @@ __device__ __forceinline__ int EarlyTiles(const SplitKeys& s, int most) {
 // A split without keys: its log-sum-exps are -inf (it weighs nothing in the merge), and the
 // merge runs if this block is its group's last.
 template <typename T, int D, int kVec>
-__device__ void FinishEmptySplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& s,
+__device__ void FinishEmptySplit(const DecodeAttnParams& p, int b, const QueryGroup& grp, const SplitKeys& s,
                                  unsigned char* smem_raw) {
-  const int G = p.Hq / p.Hkv;
-  for (int g = threadIdx.x; g < G; g += kThreads) p.lse_part[s.pidx + static_cast<size_t>(g) * p.splits] = -INFINITY;
-  if (p.counters != nullptr) MergeIfLast<T, D, kVec>(p, b, hk, smem_raw);
+  for (int g = threadIdx.x; g < grp.n; g += kThreads) p.lse_part[s.pidx + static_cast<size_t>(g) * p.splits] = -INFINITY;
+  if (p.counters != nullptr) MergeIfLast<T, D, kVec>(p, b, grp, smem_raw);
 }
 
-// sQ[g][d] (fp32) = the G queries of kv head hk: rotated from qkv (with `append`, the block
+// sQ[g][d] (fp32) = the group's n queries: rotated from qkv (with `append`, the block
 // whose split holds the newest position, also appending that K/V row, see RotateAndAppend), or
 // read from q. Ends with a block barrier.
 template <typename T, int D>
-__device__ void LoadQueries(const DecodeAttnParams& p, int b, int hk, bool append, RopeAngle ang,
-                            float* sQ) {
+__device__ void LoadQueries(const DecodeAttnParams& p, int b, const QueryGroup& grp, bool append,
+                            RopeAngle ang, float* sQ) {
   if (p.qkv != nullptr) {
-    RotateAndAppend<T, D>(p, b, hk, append, ang, sQ);
+    RotateAndAppend<T, D>(p, b, grp, append, ang, sQ);
     return;
   }
-  const int G = p.Hq / p.Hkv;
-  const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + hk * G) * D;
-  for (int i = threadIdx.x; i < G * D; i += kThreads) sQ[i] = ToF(gq[i]);
+  const T* gq = static_cast<const T*>(p.q) + (static_cast<size_t>(b) * p.Hq + grp.hk * (p.Hq / p.Hkv) + grp.g0) * D;
+  for (int i = threadIdx.x; i < grp.n * D; i += kThreads) sQ[i] = ToF(gq[i]);
   __syncthreads();
 }
 
@@ -375,7 +391,7 @@ struct TmaRing {
 // the rotation, so that their loads overlap it, except a tile holding the K/V row the rotation
 // appends. kVec is the kernel's MergeIfLast width.
 template <typename T, int D, int kStages, int kVec, typename Ring>
-__device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const SplitKeys& split,
+__device__ bool StartSplit(const DecodeAttnParams& p, int b, const QueryGroup& grp, const SplitKeys& split,
                            int most, const Ring& ring, float* sQ, unsigned char* smem_raw) {
   const int pre = EarlyTiles(split, most);
   for (int t = 0; t < pre; ++t) ring.Issue(t);
@@ -383,7 +399,7 @@ __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const Split
   PdlWait();
   PdlTrigger();
   if (split.tiles == 0) {
-    FinishEmptySplit<T, D, kVec>(p, b, hk, split, smem_raw);
+    FinishEmptySplit<T, D, kVec>(p, b, grp, split, smem_raw);
     return false;
   }
   // The ring's prologue: the tiles that hold only keys before `newest` (the row this kernel may
@@ -393,7 +409,7 @@ __device__ bool StartSplit(const DecodeAttnParams& p, int b, int hk, const Split
   int t = pre;
   for (; t < kStages - 1 && (t >= split.tiles || min(split.e, split.a + (t + 1) * kTile) <= newest); ++t)
     ring.Issue(t);
-  LoadQueries<T, D>(p, b, hk, append, ang, sQ);
+  LoadQueries<T, D>(p, b, grp, append, ang, sQ);
   for (; t < kStages - 1; ++t) ring.Issue(t);
   return true;
 }
@@ -409,7 +425,9 @@ __device__ __forceinline__ void NextTile(int it, const Ring& ring) {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p) {
   constexpr int kRow = D + 8;  // padded row (elements)
-  const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int sp = blockIdx.x, b = blockIdx.z;
+  const QueryGroup grp = GroupOf(p, false);
+  const int hk = grp.hk;
   const int G = p.Hq / p.Hkv;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -422,12 +440,12 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   float* sL = sM + G;                              // [G] running sum
   float* sA = sL + G;                              // [G] rescale of this tile
 
-  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const SplitKeys split = SplitOf(p, b, grp, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   const CpAsyncRing<T, D, kRow, kScalarStages> ring{sK, sV, kv, a, e, split.tiles};
-  if (!StartSplit<T, D, kScalarStages, 1>(p, b, hk, split, kScalarEarlyTiles, ring, sQ, smem_raw))
+  if (!StartSplit<T, D, kScalarStages, 1>(p, b, grp, split, kScalarEarlyTiles, ring, sQ, smem_raw))
     return;
   for (int i = tid; i < G * D; i += kThreads) sO[i] = 0.f;
   for (int g = tid; g < G; g += kThreads) {
@@ -511,7 +529,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitKernel(DecodeAttnParams p
   for (int g = tid; g < G; g += kThreads) {
     p.lse_part[pidx + static_cast<size_t>(g) * p.splits] = sM[g] + log2f(sL[g]);
   }
-  if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, grp, smem_raw);
 }
 
 // The end of a split in the kernels whose warps each keep their own online softmax over part of
@@ -571,18 +589,20 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
   constexpr int kOwn = kChunks / 2;         // chunks a lane scores: 2i + (lane & 1)
   constexpr int kDims = D / 32;             // outputs per lane
   static_assert(kKeys * 2 == 32, "two lanes per key");
-  const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int sp = blockIdx.x, b = blockIdx.z;
+  const QueryGroup grp = GroupOf(p, false);
+  const int hk = grp.hk;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, half = lane & 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);         // [kSingleStages][kTile][kRow]
   T* sV = sK + kSingleStages * kTile * kRow;      // [kSingleStages][kTile][kRow]
   float* sQ = reinterpret_cast<float*>(smem_raw + SingleTileSmemBytes<D>(sizeof(T)));  // [D]
 
-  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const SplitKeys split = SplitOf(p, b, grp, sp);
   const int a = split.a, e = split.e;
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   const CpAsyncRing<T, D, kRow, kSingleStages> ring{sK, sV, kv, a, e, split.tiles};
-  if (!StartSplit<T, D, kSingleStages, 1>(p, b, hk, split, kScalarEarlyTiles, ring, sQ, smem_raw))
+  if (!StartSplit<T, D, kSingleStages, 1>(p, b, grp, split, kScalarEarlyTiles, ring, sQ, smem_raw))
     return;
   float q[kOwn * 8];  // this lane's query chunks 2i + half
 #pragma unroll
@@ -653,7 +673,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
   for (int c = 0; c < kDims; ++c) sOw[warp * D + lane * kDims + c] = o[c];
   __syncthreads();
   MergeWarpsToPart<D, kWarps, 1>(p, sMw, sLw, sOw, 1, split.pidx);
-  if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, 1>(p, b, grp, smem_raw);
 }
 
 // Groups of G = 1, 2, 4 or 8 queries per K/V head streamed through registers,
@@ -690,7 +710,9 @@ __global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams 
   constexpr int kDup = kLpk / (kU * G);        // lanes holding each score
   constexpr int kWarps = kThreads / 32;
   static_assert(kU >= 1 && kDup >= 1, "a lane ends the butterfly with one score");
-  const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int sp = blockIdx.x, b = blockIdx.z;
+  const QueryGroup grp = GroupOf(p, false);
+  const int hk = grp.hk;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int c = lane % kLpk, sub = lane / kLpk;
   const int my_u = c / kDup / G, my_g = c / kDup % G;  // the score this lane ends with
@@ -699,7 +721,7 @@ __global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams 
   float* sM = sQ + G * D;                          // [kWarps][G] max
   float* sL = sM + kWarps * G;                     // [kWarps][G] sum
 
-  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const SplitKeys split = SplitOf(p, b, grp, sp);
   const KvHead<T> kv = KvHeadOf<T, D>(p, b, hk);
   const int steps = (split.e - split.a + kStep - 1) / kStep;
   uint4 kr[kU], vr[kU];
@@ -723,11 +745,11 @@ __global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams 
   PdlTrigger();
   constexpr int kVec = G > 1 ? 4 : 1;  // MergeIfLast's outputs per thread
   if (split.tiles == 0) {
-    FinishEmptySplit<T, D, kVec>(p, b, hk, split, smem_raw);
+    FinishEmptySplit<T, D, kVec>(p, b, grp, split, smem_raw);
     return;
   }
   const int newest = p.qkv != nullptr ? split.len - 1 : split.len;
-  LoadQueries<T, D>(p, b, hk, p.qkv != nullptr && split.a <= newest && newest < split.e, ang, sQ);
+  LoadQueries<T, D>(p, b, grp, p.qkv != nullptr && split.a <= newest && newest < split.e, ang, sQ);
   float q[G][8];
 #pragma unroll
   for (int g = 0; g < G; ++g)
@@ -862,12 +884,13 @@ __global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams 
     p.o_part[row * D + d] = sO[i] / den;
     if (d == 0) p.lse_part[row] = M + log2f(den);
   }
-  if (p.counters != nullptr) MergeIfLast<T, D, kVec>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, kVec>(p, b, grp, smem_raw);
 }
 
-// Grouped queries on tensor cores (2 <= G <= 16): the G queries of a K/V head are rows 0..G-1
-// of one 16-row m-tile (rows G..15 zero), so every K/V element read from shared memory serves all
-// G queries through mma.sync instead of G scalar products. Same block, grid, split ranges, fused
+// Grouped queries on tensor cores (G >= 2; more than 16 in slices of 16, a block each, see
+// QueryGroup): a block's G queries of a K/V head are rows 0..G-1 of one 16-row m-tile (rows
+// G..15 zero), so every K/V element read from shared memory serves all G queries through mma.sync
+// instead of G scalar products. Same block, grid, split ranges, fused
 // rotary and outputs (o_part / lse_part, then MergeIfLast) as DecodeSplitKernel. K/V tiles of 64
 // keys in a ring of kMmaStages buffers filled by the copy engine (TmaRing: boxes of 64 keys x 64
 // elements, 128-byte swizzle). Warp w owns keys [16w, 16w + 16) of every tile with its own online
@@ -882,8 +905,10 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParams p) {
   constexpr int kWarps = kThreads / 32;
   static_assert(kTile == 16 * kWarps, "each warp owns 16 keys of a tile");
-  const int sp = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-  const int G = p.Hq / p.Hkv;
+  const int sp = blockIdx.x, b = blockIdx.z;
+  const QueryGroup grp = GroupOf(p, true);
+  const int hk = grp.hk;
+  const int G = grp.n;  // this block's queries: the group's slice g0 .. g0 + G - 1
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;  // mma fragment coordinates: rows g and g + 8
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -891,9 +916,9 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   unsigned char* tiles = smem_raw + ((1024 - (SmemAddr(smem_raw) & 1023)) & 1023);
   T* sK = reinterpret_cast<T*>(tiles);   // [kMmaStages][D / 64][kTile][64], TmaRing's layout
   T* sV = sK + kMmaStages * kTile * D;   // likewise
-  float* sQ = reinterpret_cast<float*>(tiles + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D]
+  float* sQ = reinterpret_cast<float*>(tiles + MmaTileSmemBytes<D>(sizeof(T)));  // [G][D], G <= 16
 
-  const SplitKeys split = SplitOf(p, b, hk, sp);
+  const SplitKeys split = SplitOf(p, b, grp, sp);
   const int a = split.a, e = split.e;
   const size_t pidx = split.pidx;
   __shared__ uint64_t full[kMmaStages];
@@ -901,7 +926,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   const Ring ring{sK, sV, full, p.k_maps + b, p.v_maps + b, hk, a, split.tiles};
   ring.Init();
   __syncthreads();
-  if (!StartSplit<T, D, kMmaStages, 4>(p, b, hk, split, kMmaEarlyTiles, ring, sQ, smem_raw)) return;
+  if (!StartSplit<T, D, kMmaStages, 4>(p, b, grp, split, kMmaEarlyTiles, ring, sQ, smem_raw)) return;
   const int ntiles = split.tiles;
 
   // Q as A fragments (16 x D, rows >= G zero), values already rounded to T.
@@ -1016,7 +1041,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSplitMmaKernel(DecodeAttnParam
   }
   __syncthreads();
   MergeWarpsToPart<D, kWarps, 16>(p, sMw, sLw, sOw, G, pidx);
-  if (p.counters != nullptr) MergeIfLast<T, D, 4>(p, b, hk, smem_raw);
+  if (p.counters != nullptr) MergeIfLast<T, D, 4>(p, b, grp, smem_raw);
 }
 
 // Block (head, sequence), D threads: out = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max).
@@ -1043,8 +1068,10 @@ __global__ void DecodeCombineKernel(DecodeAttnParams p) {
 // Whether the streaming kernel takes groups of G queries of head size D.
 bool StreamFits(int G, int D) { return (G == 1 || G == 2 || G == 4 || G == 8) && (D == 64 || D == 128); }
 
-// The tensor-core kernel takes groups of 2..16 queries (KVR_DECODE_MMA=0, a benchmark knob, keeps
-// every group on the scalar kernel). Single queries stay scalar: on an H100 the tensor-core
+// The tensor-core kernel takes groups of 2 or more queries, more than 16 in slices of 16 over
+// blocks of their own (Falcon-7B's 71: five, each loading the head's K/V tiles)
+// (KVR_DECODE_MMA=0, a benchmark knob, keeps every group on the scalar kernel). Single queries do
+// not run it: on an H100 the tensor-core
 // kernel gave Llama-2-7B's decode steps no gain (docs/benchmarks.md, session 6); with four
 // stages on an H200, 1.3% faster at 4k and 1.8% slower at 32k (session 7).
 bool UseMma(int G) {
@@ -1052,7 +1079,7 @@ bool UseMma(int G) {
     const char* env = std::getenv("KVR_DECODE_MMA");
     return env == nullptr || std::atoi(env) != 0;
   }();
-  return allowed && G >= 2 && G <= 16;
+  return allowed && G >= 2;
 }
 
 // The kernel that `kind` names (kAuto resolved by G) and its dynamic shared memory (splits: the
@@ -1068,8 +1095,9 @@ void KernelFor(DecodeKernel kind, int G, int splits, void (**kernel)(DecodeAttnP
       *kernel = DecodeSplitMmaKernel<T, D>;
       const size_t merge = (2 * 4 * 16 + 4 * 16 * static_cast<size_t>(D)) * sizeof(float);
       // + 1 KB: the tiles start at a 1024-byte boundary.
-      *smem = std::max({MmaTileSmemBytes<D>(sizeof(T)) + 1024, merge, MergeSmemBytes(G, splits)}) +
-              static_cast<size_t>(G) * D * sizeof(float);
+      const int rows = std::min(G, 16);  // a block's slice of the group
+      *smem = std::max({MmaTileSmemBytes<D>(sizeof(T)) + 1024, merge, MergeSmemBytes(rows, splits)}) +
+              static_cast<size_t>(rows) * D * sizeof(float);
       return;
     }
     case DecodeKernel::kStream:
@@ -1100,7 +1128,8 @@ cudaError_t Launch(const DecodeAttnParams& p, cudaStream_t stream) {
   KernelFor<T, D>(p.kernel, G, p.splits, &kernel, &smem);
   KVR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
-  KVR_CUDA_TRY(LaunchPdl(kernel, dim3(p.splits, p.Hkv, p.B), dim3(kThreads), smem, stream, p));
+  const int slices = QuerySlices(G, Resolve(p.kernel, G) == DecodeKernel::kMma);
+  KVR_CUDA_TRY(LaunchPdl(kernel, dim3(p.splits, p.Hkv * slices, p.B), dim3(kThreads), smem, stream, p));
   if (p.counters != nullptr) return cudaSuccess;
   return LaunchPdl(DecodeCombineKernel<T>, dim3(p.Hq, p.B), dim3(D), 0, stream, p);
 }
@@ -1139,7 +1168,7 @@ DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int 
   }
   if (per_sm <= 0) per_sm = 2;
   // One full wave: as many splits per (sequence, kv head) as the resident blocks allow.
-  const int s = per_sm * num_sms / (B * Hkv);
+  const int s = per_sm * num_sms / (B * Hkv * QuerySlices(G, plan.kernel == DecodeKernel::kMma));
   plan.splits = s < 1 ? 1 : (s > 128 ? 128 : s);
   return plan;
 }

@@ -20,8 +20,9 @@
 
 namespace kvr::kernels {
 
-// Which split kernel runs (DecodeAttnParams::kernel). kAuto: kMma for groups of 2..16 queries per
-// K/V head (KVR_DECODE_MMA=0, a benchmark knob, keeps them on kScalar), kScalar otherwise.
+// Which split kernel runs (DecodeAttnParams::kernel). kAuto: kMma for groups of 2 or more
+// queries per K/V head (KVR_DECODE_MMA=0, a benchmark knob, keeps them on kScalar), kScalar
+// otherwise.
 // kSingle: single queries (G = 1 only), per-warp online softmax, four K/V stages and one block
 // per SM: faster than kScalar at short caches, slower at long ones (PlanDecodeAttention).
 // kStream: groups of 1, 2, 4 or 8 queries (planned for 1), K/V streamed through registers with
@@ -36,8 +37,9 @@ struct DecodeAttnParams {
   void* out = nullptr;               // (B, Hq, D)
   float* o_part = nullptr;           // (B, Hq, S, D)
   float* lse_part = nullptr;         // (B, Hq, S)
-  // (B, Hkv) zeros, or null. Set: the last split block of each (sequence, kv head) merges the
-  // splits and zeroes its counter again (one kernel per step). Null: a second kernel merges.
+  // (B, Hq) zeros, or null. Set: the last split block of each (sequence, query group) merges the
+  // splits and zeroes its counter again (one kernel per step); a group is a kv head's G queries,
+  // or for the tensor-core kernel a slice of at most 16 of them. Null: a second kernel merges.
   int* counters = nullptr;
   int B = 0, Hq = 0, Hkv = 0, D = 0;
   int splits = 1;                    // S
@@ -89,7 +91,7 @@ inline int DecodeLengthClass(int max_len) { return max_len <= kDecodeSingleMaxLe
 DecodeAttnPlan PlanDecodeAttention(DType dt, int B, int Hq, int Hkv, int D, int num_sms, int length_class);
 
 // Supported: D in {64, 128}; Hq % Hkv == 0; G * D <= 8192; kSingle only for G = 1; kStream for
-// G in {1, 2, 4, 8}; kMma (kAuto for 2 <= G <= 16) needs k_maps and v_maps.
+// G in {1, 2, 4, 8}; kMma (kAuto for G >= 2) needs k_maps and v_maps.
 cudaError_t DecodeAttention(DType dt, const DecodeAttnParams& p, cudaStream_t stream);
 
 }  // namespace kvr::kernels

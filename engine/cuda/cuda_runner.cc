@@ -961,13 +961,14 @@ class CudaRunner : public ModelRunner {
     DecodeBuffers tmp;
     CarveDecode(c, cap, &tmp, part_rows);
     KVR_CU(cudaMalloc(&dec_mem_, c.size()));
-    // Decode-attention merge counters (cap, Hkv): zero between steps, whatever B a step has.
-    KVR_CU(cudaMalloc(&dec_counters_, sizeof(int) * cap * cfg_.num_kv_heads));
-    KVR_CU(cudaMemset(dec_counters_, 0, sizeof(int) * cap * cfg_.num_kv_heads));
+    // Decode-attention merge counters (cap, Hq: at least a counter per query group): zero between
+    // steps, whatever B a step has.
+    KVR_CU(cudaMalloc(&dec_counters_, sizeof(int) * cap * cfg_.num_q_heads));
+    KVR_CU(cudaMemset(dec_counters_, 0, sizeof(int) * cap * cfg_.num_q_heads));
     KVR_CU(cudaMalloc(&dev_tab_, TabBytes(cap)));
     KVR_CU(cudaMallocHost(&host_tab_, TabBytes(cap)));
     KVR_CU(cudaMallocHost(&host_logits_, sizeof(float) * cap * cfg_.vocab_size));
-    decode_bytes_ = c.size() + TabBytes(cap) + sizeof(int) * cap * cfg_.num_kv_heads;
+    decode_bytes_ = c.size() + TabBytes(cap) + sizeof(int) * cap * cfg_.num_q_heads;
     dec_cap_ = cap;
     SetDecodeViews(B);
     return absl::OkStatus();

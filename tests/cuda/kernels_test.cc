@@ -736,8 +736,8 @@ struct DecodeCase {
 };
 
 // The split kernels a group of G queries per K/V head can run: the default (kAuto: tensor cores
-// for 2..16, scalar otherwise) and the other one (the scalar kernel for groups, the single-query
-// kernel for G = 1).
+// for 2 or more, the streaming kernel for 1) and the others (the scalar kernel for groups, the
+// single-query kernel for G = 1; the streaming kernel for 1, 2, 4 and 8).
 std::vector<DecodeKernel> KernelsFor(int G) {
   if (G == 1) return {DecodeKernel::kAuto, DecodeKernel::kSingle, DecodeKernel::kStream};
   if (G == 2 || G == 4 || G == 8) return {DecodeKernel::kAuto, DecodeKernel::kScalar, DecodeKernel::kStream};
@@ -819,8 +819,8 @@ TEST(Kernels, DecodeAttention) {
       CUDA_OK(dlen.Upload(lens));
       // Both merges: a second kernel, and the last split block (counters); the in-kernel merge
       // runs twice on the same counters, as graph replays do, to check they are reset.
-      DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hkv);
-      CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hkv));
+      DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hq);
+      CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hq));
       for (DecodeKernel kind : KernelsFor(c.Hq / c.Hkv))
       for (int merge = 0; merge < 3; ++merge) {
         CUDA_OK(dout.Poison());
@@ -852,7 +852,7 @@ TEST(Kernels, DecodeAttention) {
                                                   << " splits=" << c.splits << " merge=" << merge
                                                   << " kernel=" << KernelName(kind);
         if (merge > 0) {
-          std::vector<int> left(static_cast<size_t>(B) * c.Hkv, -1);
+          std::vector<int> left(static_cast<size_t>(B) * c.Hq, -1);
           CUDA_OK(cudaMemcpy(left.data(), counters.get(), left.size() * sizeof(int), cudaMemcpyDeviceToHost));
           EXPECT_EQ(std::count(left.begin(), left.end(), 0), static_cast<long>(left.size())) << "counters not reset";
         }
@@ -908,7 +908,7 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       DeviceBuffer<int32_t> dlen(B), dpos(B);
       DeviceBuffer<void*> dkt0(B), dvt0(B), dkt1(B), dvt1(B);
       DeviceBuffer<float> opart(static_cast<size_t>(B) * c.Hq * c.splits * D), lpart(static_cast<size_t>(B) * c.Hq * c.splits);
-      DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hkv);
+      DeviceBuffer<int> counters(static_cast<size_t>(B) * c.Hq);
       std::vector<int32_t> lens(c.lens.begin(), c.lens.end()), pos(B);
       for (int b = 0; b < B; ++b) pos[b] = lens[b] - 1;
       CUDA_OK(dqkv.Upload(qkv.h));
@@ -919,7 +919,7 @@ TEST(Kernels, DecodeAttentionFusedRotary) {
       CUDA_OK(dvt0.Upload(vt[0]));
       CUDA_OK(dkt1.Upload(kt[1]));
       CUDA_OK(dvt1.Upload(vt[1]));
-      CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hkv));
+      CUDA_OK(cudaMemset(counters.get(), 0, sizeof(int) * B * c.Hq));
       std::unique_ptr<DeviceBuffer<CUtensorMap>> kmaps[2], vmaps[2];
       for (int copy = 0; copy < 2; ++copy) {
         kmaps[copy] = KvMaps(dt, {kt[copy].begin(), kt[copy].end()}, caps, c.Hkv, D);
