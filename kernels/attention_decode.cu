@@ -6,8 +6,9 @@
 // key) dot product per thread and step, or per thread pair when G = 1), online softmax per query
 // in fp32, O += P V
 // with fp32 accumulators kept in shared memory (thread-owned entries). Writes O / l and the
-// log-sum-exp of its split. Groups of 2 or more queries per K/V head (GQA, MQA) run DecodeSplitMmaKernel
-// instead: the same split blocks on mma.sync tensor cores, the G queries as rows of one m-tile
+// log-sum-exp of its split. Groups of 2 or more queries per K/V head (GQA, MQA) run
+// DecodeSplitMmaKernel instead: the same split blocks on mma.sync tensor cores, the G queries (up
+// to 16 a block) as rows of one m-tile
 // (the scalar loop's G dot products per key made the GQA kernel issue-bound, not memory-bound),
 // its K/V tiles loaded by the copy engine (TMA) through tensor maps of the caches.
 // Merge: with p.counters set, the last block to finish a (sequence, kv head) merges that head
@@ -59,7 +60,8 @@ inline size_t StateSmemBytes(int G, int D) {
 // The queries a split block attends for: n queries of K/V head hk starting at its query g0 (heads
 // hk G + g0 ..), and the block's slot among its sequence's groups (its merge counter, and
 // gridDim.y). The tensor-core kernel takes a head's G queries in slices of at most 16 (one
-// m-tile), slot = hk * slices + slice; the other kernels take all G, slot = hk.
+// m-tile), slot = hk * slices + slice; the other kernels take all G, slot = hk. Every slice block
+// whose split holds the newest position appends that K/V row (the same values) before reading it.
 struct QueryGroup {
   int hk, g0, n, slot;
 };
@@ -75,7 +77,7 @@ __device__ __forceinline__ QueryGroup GroupOf(const DecodeAttnParams& p, bool mm
 }
 
 // Called by every thread of a split block after its O / lse are written. The block that finishes
-// its group (sequence b, kv head hk) last merges the G heads' splits into out and resets the
+// its group (sequence b, QueryGroup grp) last merges the group's splits into out and resets the
 // group's counter. The parts of other blocks are read through L2 (__ldcg) after a fence. The
 // merge is on the step's critical path, so its reads are issued together: each thread owns kVec
 // consecutive outputs (4: one float4 of o_part per split, for the tensor-core kernel's groups;
@@ -180,11 +182,11 @@ __device__ __forceinline__ RopeAngle RopeAngleOf(const DecodeAttnParams& p, int 
 
 // Fused rotary: sQ[g][d] = the rotated query g0 + g of the group's kv head (g < n; rounded to T,
 // as RopeAppend stores it); with `append`, also this head's rotated key and value at position
-// len - 1 into the cache. Ends with a block barrier (after a proxy fence), so the block's tile loads, the copy
-// engine's included, see the appended row. Pairs
-// (i, i + D/2), angle pos * inv_freq[i] in fp32 (`ang`): RopeAppendKernel's arithmetic. A thread
-// takes rows r0, r0 + kPer, ... (row G is the key); it loads up to 4 rows' pairs before it
-// rotates any, so that their reads are in flight together.
+// len - 1 into the cache. Ends with a block barrier (after a proxy fence), so the block's tile
+// loads, the copy engine's included, see the appended row. Pairs (i, i + D/2), angle
+// pos * inv_freq[i] in fp32 (`ang`): RopeAppendKernel's arithmetic. A thread takes rows r0,
+// r0 + kPer, ... (row n is the key); it loads up to 4 rows' pairs before it rotates any, so that
+// their reads are in flight together.
 template <typename T, int D>
 __device__ void RotateAndAppend(const DecodeAttnParams& p, int b, const QueryGroup& grp, bool append,
                                 RopeAngle ang, float* sQ) {
