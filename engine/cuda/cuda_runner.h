@@ -97,8 +97,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeRandomCudaRunner(
 // each Decode of a CUDA runner records events on its compute stream around its three device parts
 // (a few microseconds of host time a step, so off unless asked for). Milliseconds, last step.
 struct CudaDecodeTimes {
-  double table_ms = 0;   // the step's table to the device, and the wait for the graph's launch
-  double step_ms = 0;    // the step's kernels (the captured graph, or eager launches)
+  double table_ms = 0;   // the step's table to the device
+  double step_ms = 0;    // then the step's kernels (the captured graph, or eager launches), from
+                         // the table's arrival, so including any wait for their launch
   double logits_ms = 0;  // the logits to the host
 };
 // Errors: `runner` is not a CUDA runner; no timed step yet (LastCudaDecodeTimes).
