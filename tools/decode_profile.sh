@@ -12,6 +12,9 @@
 # 2. Nsight Compute (clocks left alone): the duration and DRAM bytes of every kernel of one eager
 #    decode step, summed per kernel name. The sum of kernel durations against the ITL says how
 #    much of the step is gaps between kernels and host work.
+# 3. PM=1 (and a Llama-family --shape, the default): Nsight Compute's PM sampling over one captured
+#    decode step at ctx (the graph as one workload: kernels in flight as they run), written out by
+#    tools/pm_sampling_dump.py and read by tools/pm_decode_layers.py (docs/kernels.md).
 set -u
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 CTX=${1:-4096}
@@ -60,3 +63,10 @@ print(f"one decode step: {len(step)} kernels, sum of kernel durations {tot/1e6:.
 for n, (c, t, b) in sorted(agg.items(), key=lambda x: -x[1][1]):
     print(f"  {n:28s} x{c:4d}  {t/1e6:7.3f} ms  {t/c/1e3:7.2f} us each  {b/1e9:7.3f} GB read  {b/max(t,1e-9):7.0f} GB/s")
 PY
+if [ "${PM:-0}" = 1 ]; then
+  timeout 300 "$NCU" --graph-profiling graph --profile-from-start off --section PmSampling --clock-control none \
+    -o "$OUT/pm" -f $B/kvr_cuda_bench --gemv_bench 0 --floors 0 --prefill "" --attn "" --decode "$CTX" \
+    --profile_step 1 ${BENCH_ARGS:-} > "$OUT/pm.log" 2>&1
+  echo "pm rc=$?"
+  python3 tools/pm_sampling_dump.py "$OUT/pm.ncu-rep" "$OUT/pm" > /dev/null && python3 tools/pm_decode_layers.py "$OUT/pm/series.csv" 10
+fi
