@@ -700,6 +700,14 @@ __global__ void __launch_bounds__(kThreads) DecodeSingleKernel(DecodeAttnParams 
 // of the DRAM's peak from the end of the QKV product on. Llama-3-8B's groups of 4 were 5% (4k)
 // and 25% (32k) slower than the tensor-core kernel: G dot products and G broadcasts of P per key
 // make it issue-bound, so groups are not planned on it.
+// The 8 elements of a 16-byte load, in fp32.
+template <typename T>
+__device__ __forceinline__ void Unpack8(const uint4& raw, float (&f)[8]) {
+  const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int d = 0; d < 8; ++d) f[d] = ToF(h[d]);
+}
+
 template <int D, int G>
 __host__ __device__ constexpr int StreamLoads() { return D / 8 / G < 8 ? D / 8 / G : 8; }
 
@@ -769,10 +777,8 @@ __global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams 
     float v[kU * G];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
-      const T* k8 = reinterpret_cast<const T*>(&kr[u]);
       float kf[8];
-#pragma unroll
-      for (int d = 0; d < 8; ++d) kf[d] = ToF(k8[d]);
+      Unpack8<T>(kr[u], kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float acc = 0.f;
@@ -826,10 +832,8 @@ __global__ void __launch_bounds__(kThreads) DecodeStreamKernel(DecodeAttnParams 
     }
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
-      const T* v8 = reinterpret_cast<const T*>(&vr[u]);
       float vf[8];
-#pragma unroll
-      for (int d = 0; d < 8; ++d) vf[d] = ToF(v8[d]);
+      Unpack8<T>(vr[u], vf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         const float pj = __shfl_sync(0xffffffffu, pk, sub * kLpk + (u * G + g) * kDup);
