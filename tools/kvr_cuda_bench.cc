@@ -567,12 +567,19 @@ int main(int argc, char** argv) {
       Check(K::FillUniform(kdt, v.v, cnt, 1.f, 200 + l, stream), "fill");
     }
     Check(cudaStreamSynchronize(stream), "sync");
-    std::vector<double> t;
-    for (int rep = 0; rep < 20 + 3; ++rep) {
+    // One decode step appending at n, optionally bracketed for a profiler; its host time in ms.
+    auto step = [&](bool profiled) {
       const auto t0 = Clock::now();
       kvr::DecodeSlot slot{cache->get(), 17, n};
+      if (profiled) Check(cudaProfilerStart(), "profiler start");
       Check(r.Decode({slot}, &step_logits), "decode");
-      if (rep >= 3) t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      if (profiled) Check(cudaProfilerStop(), "profiler stop");
+      return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    };
+    std::vector<double> t;
+    for (int rep = 0; rep < 20 + 3; ++rep) {
+      const double itl = step(false);
+      if (rep >= 3) t.push_back(itl);
     }
     const double ms = Median(t);
     const size_t embed_bytes = static_cast<size_t>(cfg.vocab_size) * cfg.hidden_size * 2;
@@ -589,13 +596,7 @@ int main(int argc, char** argv) {
     Check(kvr::SetCudaDecodeTiming(r, true), "timing");
     std::vector<double> tt, tk, tl, ti;
     for (int rep = 0; rep < 20 + 3; ++rep) {
-      const auto t0 = Clock::now();
-      kvr::DecodeSlot slot{cache->get(), 17, n};
-      const bool profiled = profile_step != 0 && rep == 10;
-      if (profiled) Check(cudaProfilerStart(), "profiler start");
-      Check(r.Decode({slot}, &step_logits), "decode");
-      if (profiled) Check(cudaProfilerStop(), "profiler stop");
-      const double itl = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      const double itl = step(profile_step != 0 && rep == 10);
       auto times = kvr::LastCudaDecodeTimes(r);
       Check(times.status(), "times");
       if (rep >= 3) {
@@ -606,11 +607,11 @@ int main(int argc, char** argv) {
       }
     }
     Check(kvr::SetCudaDecodeTiming(r, false), "timing");
-    const double kern = Median(tk), itl_t = Median(ti);
-    out["decode"].back()["timed"] = {{"itl_ms", itl_t}, {"kernels_ms", kern}, {"table_ms", Median(tt)},
-                                     {"logits_ms", Median(tl)}};
+    const double kern = Median(tk), itl_t = Median(ti), table = Median(tt), copy = Median(tl);
+    out["decode"].back()["timed"] = {{"itl_ms", itl_t}, {"kernels_ms", kern}, {"table_ms", table},
+                                     {"logits_ms", copy}};
     std::printf("decode ctx %6d, timed: ITL %7.3f ms = kernels %7.3f (ratio %.2f) + table %.3f + logits %.3f + host %.3f\n",
-                n, itl_t, kern, kern / floor_ms, Median(tt), Median(tl), itl_t - kern - Median(tt) - Median(tl));
+                n, itl_t, kern, kern / floor_ms, table, copy, itl_t - kern - table - copy);
   }
   if (!out_path.empty()) std::ofstream(out_path) << out.dump(1) << "\n";
   return 0;
