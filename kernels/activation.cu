@@ -80,12 +80,12 @@ __device__ __forceinline__ uint64_t Mix(uint64_t z) {
 }
 
 template <typename T>
-__global__ void FillUniformKernel(T* p, size_t count, float scale, uint64_t seed) {
+__global__ void FillUniformKernel(T* p, size_t count, float scale, uint64_t seed, float center) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const uint64_t r = Mix(seed * 0x9e3779b97f4a7c15ull + i);
     const float u = static_cast<float>(r >> 40) * (1.f / 16777216.f);  // [0, 1)
-    p[i] = FromF<T>((2.f * u - 1.f) * scale);
+    p[i] = FromF<T>(center + (2.f * u - 1.f) * scale);
   }
 }
 
@@ -135,11 +135,11 @@ cudaError_t AddBiasF32(DType dt, float* out, const void* bias, int n, int cols,
 }
 
 cudaError_t FillUniform(DType dt, void* p, size_t count, float scale, uint64_t seed,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, float center) {
   if (count == 0) return cudaSuccess;
   return KVR_DISPATCH_DTYPE(dt, T, [&] {
     FillUniformKernel<T><<<Blocks(count), kThreads, 0, stream>>>(static_cast<T*>(p), count, scale,
-                                                                  seed);
+                                                                  seed, center);
     return cudaGetLastError();
   });
 }

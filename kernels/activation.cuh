@@ -21,10 +21,10 @@ cudaError_t AddBias(DType dt, void* out, const void* bias, int n, int cols, cuda
 // out[r, j] += bias[j].   out (n, cols) fp32 (the residual stream); bias (cols) T.
 cudaError_t AddBiasF32(DType dt, float* out, const void* bias, int n, int cols, cudaStream_t stream);
 
-// Fills count elements of T with uniform values in [-scale, scale] from a hash of (seed, index):
-// random weights for benchmarks and tests, generated on the device.
+// Fills count elements of T with uniform values in [center - scale, center + scale] from a hash
+// of (seed, index): random weights for benchmarks and tests, generated on the device.
 cudaError_t FillUniform(DType dt, void* p, size_t count, float scale, uint64_t seed,
-                        cudaStream_t stream);
+                        cudaStream_t stream, float center = 0.f);
 // Fills count elements of T with `value`.
 cudaError_t FillConst(DType dt, void* p, size_t count, float value, cudaStream_t stream);
 

@@ -364,6 +364,11 @@ class CudaRunner : public ModelRunner {
     auto one = [&](void* p, size_t n, float v) {
       return p ? CudaStatus(K::FillConst(dt_, p, n, v, stream_), "fill") : absl::OkStatus();
     };
+    // Norm weights in [0.5, 1.5] and biases in [-0.1, 0.1], so that a kernel that dropped or
+    // misplaced them would show.
+    auto norm = [&](void* p, size_t n, float center, float scale) {
+      return p ? CudaStatus(K::FillUniform(dt_, p, n, scale, ++s, stream_, center), "fill") : absl::OkStatus();
+    };
     // Shapes of the whole model's split weights.
     const ShardSlices sl = Slices();
     const size_t FE = full_.qkv_dim(), FQ = full_.q_dim(), FF = full_.intermediate_size;
@@ -379,10 +384,10 @@ class CudaRunner : public ModelRunner {
     absl::Status st = [&]() -> absl::Status {
       KVR_RETURN_IF_ERROR(rnd(embed_, static_cast<size_t>(cfg_.vocab_size) * C));
       for (DevLayer& l : layers_) {
-        KVR_RETURN_IF_ERROR(one(l.attn_norm_w, C, 1.f));
-        KVR_RETURN_IF_ERROR(one(l.attn_norm_b, C, 0.f));
-        KVR_RETURN_IF_ERROR(one(l.mlp_norm_w, C, 1.f));
-        KVR_RETURN_IF_ERROR(one(l.mlp_norm_b, C, 0.f));
+        KVR_RETURN_IF_ERROR(norm(l.attn_norm_w, C, 1.f, 0.5f));
+        KVR_RETURN_IF_ERROR(norm(l.attn_norm_b, C, 0.f, 0.1f));
+        KVR_RETURN_IF_ERROR(norm(l.mlp_norm_w, C, 1.f, 0.5f));
+        KVR_RETURN_IF_ERROR(norm(l.mlp_norm_b, C, 0.f, 0.1f));
         KVR_RETURN_IF_ERROR(rnd_part(l.wqkv, E * C, FE, C, sl.qkv));
         KVR_RETURN_IF_ERROR(one(l.bqkv, E, 0.01f));
         KVR_RETURN_IF_ERROR(rnd_part(l.wo, C * QD, C, FQ, sl.o));
@@ -396,8 +401,8 @@ class CudaRunner : public ModelRunner {
     }();
     if (scratch) cudaFreeAsync(scratch, stream_);
     KVR_RETURN_IF_ERROR(st);
-    KVR_RETURN_IF_ERROR(one(final_norm_w_, C, 1.f));
-    KVR_RETURN_IF_ERROR(one(final_norm_b_, C, 0.f));
+    KVR_RETURN_IF_ERROR(norm(final_norm_w_, C, 1.f, 0.5f));
+    KVR_RETURN_IF_ERROR(norm(final_norm_b_, C, 0.f, 0.1f));
     if (lm_head_ != embed_) KVR_RETURN_IF_ERROR(rnd(lm_head_, static_cast<size_t>(cfg_.vocab_size) * C));
     KVR_CU(cudaStreamSynchronize(stream_));
     return absl::OkStatus();

@@ -12,6 +12,9 @@ saved with save_pretrained as bf16 safetensors under /tmp, and run
     reference);
   - by tools/kvr_cuda_check on the saved folder: the same prompt as one chunk, then 32 decode
     steps fed transformers' greedy tokens (teacher forcing), giving the logits of each step.
+transformers initializes every norm's weights to 1 (and LayerNorm biases to 0); with --norms random
+(the default) they are drawn instead, weights uniform in [0.5, 1.5] and biases in [-0.1, 0.1], so
+that a norm weight dropped or applied in the wrong place shows.
 Pass criteria (stated bf16 tolerance: ours may not be much further from the fp32 reference than
 transformers' own bf16 run is):
   - prompt logits: ||ours - fp32|| / ||fp32|| <= 2 * ||hf_bf16 - fp32|| / ||fp32|| + 0.01, and
@@ -41,6 +44,8 @@ p.add_argument("--layers", type=int, default=32)
 p.add_argument("--prompt", type=int, default=4096)
 p.add_argument("--new", type=int, default=32)
 p.add_argument("--out", default="hf_compare.json")
+p.add_argument("--norms", choices=["random", "ones"], default="random",
+               help="norm weights and biases: drawn at random (default) or transformers' init")
 p.add_argument("--tmp", default="/dev/shm/kvr_hf" if os.path.isdir("/dev/shm") else "/tmp/kvr_hf",
                help="where the saved checkpoints go (one at a time; 13-16 GB at full depth)")
 a = p.parse_args()
@@ -95,6 +100,17 @@ for name in a.models.split(","):
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
+    if a.norms == "random":
+        gn = torch.Generator(device="cpu").manual_seed(99)
+        with torch.no_grad():
+            for mod in model.modules():
+                if "norm" not in type(mod).__name__.lower():
+                    continue
+                for pname, lo, hi in (("weight", 0.5, 1.5), ("bias", -0.1, 0.1)):
+                    prm = getattr(mod, pname, None)
+                    if isinstance(prm, torch.nn.Parameter):
+                        r = torch.rand(prm.shape, generator=gn) * (hi - lo) + lo
+                        prm.copy_(r.to(prm.dtype).to(prm.device))
     d = os.path.join(a.tmp, name)
     shutil.rmtree(d, ignore_errors=True)
     model.save_pretrained(d, safe_serialization=True)
@@ -123,7 +139,8 @@ for name in a.models.split(","):
            "--force", os.path.join(d, "force.txt"), "--out", out_json, "--logits", out_bin]
     t1 = time.time()
     run = subprocess.run(cmd, capture_output=True, text=True)
-    r = {"model": name, "layers": a.layers, "prompt": a.prompt, "new_tokens": a.new, "hf_seconds": round(t_hf, 1)}
+    r = {"model": name, "layers": a.layers, "prompt": a.prompt, "new_tokens": a.new, "norms": a.norms,
+         "hf_seconds": round(t_hf, 1)}
     if run.returncode != 0:
         r.update(ok=False, error=run.stderr[-2000:])
         print(f"{name}: kvr_cuda_check failed:\n{run.stderr[-2000:]}", flush=True)
