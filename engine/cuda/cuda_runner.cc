@@ -639,6 +639,12 @@ class CudaRunner : public ModelRunner {
     void** vt = kt + static_cast<size_t>(L) * B;
     auto* km = reinterpret_cast<CUtensorMap*>(host_tab_ + TabMapOffset(B));
     CUtensorMap* vm = km + static_cast<size_t>(L) * B;
+    int max_len = 0;
+    for (const DecodeSlot& s : batch) max_len = std::max(max_len, s.pos + 1);
+    const K::DecodeAttnPlan plan = DecodePlan(B, max_len);
+    // Only the tensor-core kernel reads the tensor maps (8 KB a sequence for 32 layers): the
+    // table carries them only for its plans.
+    const bool maps = plan.kernel == K::DecodeKernel::kMma;
     for (int b = 0; b < B; ++b) {
       const DecodeSlot& s = batch[b];
       if (s.cache == nullptr) return absl::InvalidArgumentError("decode slot without a cache");
@@ -654,17 +660,15 @@ class CudaRunner : public ModelRunner {
         const KvLayerView v = c->layer(l);
         kt[static_cast<size_t>(l) * B + b] = v.k;
         vt[static_cast<size_t>(l) * B + b] = v.v;
-        if (c->has_maps()) {
+        if (maps && c->has_maps()) {
           km[static_cast<size_t>(l) * B + b] = c->map(l, 0);
           vm[static_cast<size_t>(l) * B + b] = c->map(l, 1);
         }
       }
     }
     if (timing_) KVR_CU(cudaEventRecord(ev_[0], stream_));
-    KVR_CU(cudaMemcpyAsync(dev_tab_, host_tab_, TabBytes(B), cudaMemcpyHostToDevice, stream_));
-    int max_len = 0;
-    for (int b = 0; b < B; ++b) max_len = std::max(max_len, len[b]);
-    const K::DecodeAttnPlan plan = DecodePlan(B, max_len);
+    KVR_CU(cudaMemcpyAsync(dev_tab_, host_tab_, maps ? TabBytes(B) : TabMapOffset(B),
+                           cudaMemcpyHostToDevice, stream_));
     if (timing_) KVR_CU(cudaEventRecord(ev_[1], stream_));
     if (opt_.decode_graphs) {
       // One graph per (batch size, attention plan): the plan changes with the longest cache.
@@ -919,7 +923,8 @@ class CudaRunner : public ModelRunner {
     return static_cast<size_t>(B) * most;
   }
   // The decode table (host_tab_, copied to dev_tab_ each step): ids, pos, len (B int32 each); K
-  // and V cache pointers [L][B] each; K and V tensor maps [L][B] each.
+  // and V cache pointers [L][B] each; K and V tensor maps [L][B] each (filled and copied only for
+  // steps whose plan is the tensor-core kernel, the one that reads them).
   size_t TabPtrOffset(int B) const { return AlignUp(3ull * B * sizeof(int32_t)); }
   size_t TabMapOffset(int B) const { return AlignUp(TabPtrOffset(B) + 2ull * cfg_.num_layers * B * sizeof(void*)); }
   size_t TabBytes(int B) const { return TabMapOffset(B) + 2ull * cfg_.num_layers * B * sizeof(CUtensorMap); }
