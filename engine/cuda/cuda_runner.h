@@ -87,9 +87,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaRunner(const ModelConfig& c
 
 // A runner of `config`'s shape with random weights generated on the device (uniform, std 0.02;
 // norm weights uniform in [0.5, 1.5], norm biases in [-0.1, 0.1]; other biases 0.01): benchmarks
-// and tests that need no checkpoint. With options.tp_size > 1 the
-// rank's shard of exactly the weights that tp_size == 1 generates for the same seed (so a
-// tensor-parallel group's logits can be checked against one GPU).
+// and tests that need no checkpoint. With options.tp_size > 1 the rank's shard of exactly the
+// weights that tp_size == 1 generates for the same seed (so a tensor-parallel group's logits can
+// be checked against one GPU).
 absl::StatusOr<std::unique_ptr<ModelRunner>> MakeRandomCudaRunner(
     const ModelConfig& config, int device, const CudaRunnerOptions& options = {},
     uint64_t seed = 1);
